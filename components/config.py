@@ -1,0 +1,519 @@
+"""The one validated configuration of hemaflow, with its profiles.
+
+A profile is a YAML file under ``components/profiles``; a user file may name a profile to
+start from (``profile: cpu``) and override any key. Everything is checked on load: an unknown
+key, a wrong type or an impossible value raises :class:`ConfigError` naming the key and the file.
+Stages receive the typed sections below, never raw dictionaries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+PROFILE_DIR = Path(__file__).parent / "profiles"
+CLASS_NAMES: tuple[str, ...] = (
+    "basophil",
+    "eosinophil",
+    "erythroblast",
+    "ig",
+    "lymphocyte",
+    "monocyte",
+    "neutrophil",
+    "platelet",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or impossible."""
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    val: float = 0.15
+    test: float = 0.15
+
+    def validate(self) -> list[str]:
+        errors = []
+        for name in ("val", "test"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                errors.append(f"{name}: must be between 0 and 1 (exclusive)")
+        if self.val + self.test >= 1.0:
+            errors.append("val + test: must leave images for training (sum < 1)")
+        return errors
+
+
+@dataclass(frozen=True)
+class DropConfig:
+    """Which findings of ingest remove images (everything dropped is listed with its reason)."""
+
+    exact_duplicates: bool = True
+    near_duplicates: bool = False
+    label_conflicts: bool = True
+    outliers: bool = True
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "default"
+    image_size: int = 64
+    split: SplitConfig = field(default_factory=SplitConfig)
+    drop: DropConfig = field(default_factory=DropConfig)
+    on_bad_image: Literal["error", "skip"] = "error"
+    near_duplicate_distance: int = 4
+    outlier_threshold: float = 6.0
+    synthetic_per_class: int = 60
+    cache_dir: str = "~/.cache/hemaflow"
+
+    def validate(self) -> list[str]:
+        errors = []
+        if not 16 <= self.image_size <= 1024:
+            errors.append("image_size: must be between 16 and 1024")
+        if not 0 <= self.near_duplicate_distance <= 64:
+            errors.append(
+                "near_duplicate_distance: must be between 0 and 64 (bits of a 64-bit hash)"
+            )
+        if self.outlier_threshold <= 0:
+            errors.append("outlier_threshold: must be positive")
+        if self.synthetic_per_class < 4:
+            errors.append("synthetic_per_class: must be at least 4 (one per split and more)")
+        return errors
+
+
+@dataclass(frozen=True)
+class AugFamily:
+    """One augmentation family: applied to an image with probability ``p`` at ``strength``.
+
+    ``strength`` is on a common 0-1 scale that each family maps to its own parameters.
+    """
+
+    p: float = 0.0
+    strength: float = 0.5
+
+    def validate(self) -> list[str]:
+        errors = []
+        if not 0.0 <= self.p <= 1.0:
+            errors.append("p: must be a probability in [0, 1]")
+        if not 0.0 <= self.strength <= 1.0:
+            errors.append("strength: must be in [0, 1]")
+        return errors
+
+
+@dataclass(frozen=True)
+class AugmentPolicy:
+    geometric: AugFamily = field(default_factory=lambda: AugFamily(1.0, 0.5))
+    chromatic: AugFamily = field(default_factory=lambda: AugFamily(0.8, 0.4))
+    stain: AugFamily = field(default_factory=lambda: AugFamily(0.5, 0.4))
+    blur: AugFamily = field(default_factory=lambda: AugFamily(0.2, 0.4))
+    noise: AugFamily = field(default_factory=lambda: AugFamily(0.2, 0.4))
+    jpeg: AugFamily = field(default_factory=lambda: AugFamily(0.1, 0.4))
+    pixelate: AugFamily = field(default_factory=lambda: AugFamily(0.1, 0.4))
+    artifacts: AugFamily = field(default_factory=lambda: AugFamily(0.2, 0.4))
+    erasing: AugFamily = field(default_factory=lambda: AugFamily(0.1, 0.3))
+    randaugment: AugFamily = field(default_factory=lambda: AugFamily(0.0, 0.3))
+    augmix: AugFamily = field(default_factory=lambda: AugFamily(0.0, 0.3))
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    kind: Literal["cutmix", "mixup", "none"] = "cutmix"
+    alpha: float = 1.0
+
+    def validate(self) -> list[str]:
+        return ["alpha: must be positive"] if self.alpha <= 0 else []
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    balance_to: int | Literal["max"] = "max"
+    copies: int = 1
+    mix: MixConfig = field(default_factory=MixConfig)
+    policy: AugmentPolicy = field(default_factory=AugmentPolicy)
+    bmk_policy: AugmentPolicy = field(
+        default_factory=lambda: AugmentPolicy(
+            geometric=AugFamily(1.0, 0.6),
+            chromatic=AugFamily(1.0, 0.5),
+            stain=AugFamily(0.7, 0.5),
+            blur=AugFamily(0.4, 0.5),
+            noise=AugFamily(0.4, 0.5),
+            jpeg=AugFamily(0.3, 0.5),
+            pixelate=AugFamily(0.2, 0.5),
+            artifacts=AugFamily(0.4, 0.5),
+        )
+    )
+    shards: int = 4
+    batch_size: int = 128
+    runner: str = "DirectRunner"
+    runner_options: list[str] = field(default_factory=list)
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.balance_to != "max" and (
+            not isinstance(self.balance_to, int) or self.balance_to < 1
+        ):
+            errors.append("balance_to: must be 'max' or a positive image count")
+        if self.copies < 0:
+            errors.append("copies: must be 0 or more")
+        if self.shards < 1:
+            errors.append("shards: must be at least 1")
+        if self.batch_size < 1:
+            errors.append("batch_size: must be at least 1")
+        return errors
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    dense: list[int] = field(default_factory=lambda: [128])
+    dropout: float = 0.3
+    pooling: Literal["avg", "max"] = "avg"
+
+    def validate(self) -> list[str]:
+        errors = []
+        if any(units < 1 for units in self.dense):
+            errors.append("dense: every layer needs at least 1 unit")
+        if not 0.0 <= self.dropout < 1.0:
+            errors.append("dropout: must be in [0, 1)")
+        return errors
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbones: list[str] = field(default_factory=lambda: ["small_cnn", "resnet_mini"])
+    weights: str = "none"
+    head: HeadConfig = field(default_factory=HeadConfig)
+    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
+    batch_size: int = 64
+
+    def validate(self) -> list[str]:
+        errors = []
+        if not self.backbones:
+            errors.append("backbones: name at least one backbone")
+        if self.batch_size < 1:
+            errors.append("batch_size: must be at least 1")
+        return errors
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    epochs: int = 2
+    top_k: int = 2
+    criterion: Literal["val_accuracy", "bmk_accuracy", "mean_accuracy"] = "mean_accuracy"
+    learning_rate: float = 1e-3
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.epochs < 1:
+            errors.append("epochs: must be at least 1")
+        if self.top_k < 1:
+            errors.append("top_k: must be at least 1")
+        return errors
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    algorithm: Literal["hyperband", "bayesian", "random"] = "hyperband"
+    max_trials: int = 4
+    epochs: int = 2
+    executions_per_trial: int = 1
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.max_trials < 1:
+            errors.append("max_trials: the tuner budget must be at least 1 trial")
+        if self.epochs < 1:
+            errors.append("epochs: must be at least 1")
+        return errors
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    warmup_epochs: int = 1
+    epochs: int = 4
+    learning_rate: float = 1e-3
+    fine_tune_learning_rate: float = 1e-4
+    early_stopping_patience: int = 3
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.warmup_epochs < 0:
+            errors.append("warmup_epochs: must be 0 or more")
+        if self.epochs < 1:
+            errors.append("epochs: must be at least 1")
+        if self.learning_rate <= 0 or self.fine_tune_learning_rate <= 0:
+            errors.append("learning_rate: must be positive")
+        return errors
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    fit_weights: bool = True
+    calibrate: bool = True
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    corruptions: list[str] = field(default_factory=lambda: ["all"])
+    severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    max_images: int = 0
+    bn_adaptation: bool = False
+    batch_size: int = 128
+
+    def validate(self) -> list[str]:
+        errors = []
+        if not self.severities or any(s not in (1, 2, 3, 4, 5) for s in self.severities):
+            errors.append("severities: must be a non-empty list drawn from 1-5")
+        if self.max_images < 0:
+            errors.append("max_images: must be 0 (all) or more")
+        return errors
+
+
+@dataclass(frozen=True)
+class Toleration:
+    key: str
+    operator: Literal["Equal", "Exists"] = "Exists"
+    value: str = ""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute", ""] = "NoSchedule"
+
+
+@dataclass(frozen=True)
+class TaskResources:
+    """Kubernetes/Vertex resources for one kind of task."""
+
+    cpu: str = "1"
+    memory: str = "4G"
+    cpu_limit: str = ""
+    memory_limit: str = ""
+    accelerator_type: str = ""
+    accelerator_count: int = 0
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[Toleration] = field(default_factory=list)
+    retries: int = 0
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.accelerator_count < 0:
+            errors.append("accelerator_count: must be 0 or more")
+        if self.accelerator_count and not self.accelerator_type:
+            errors.append("accelerator_type: needed when accelerator_count > 0")
+        if self.retries < 0:
+            errors.append("retries: must be 0 or more")
+        return errors
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    data: TaskResources = field(default_factory=TaskResources)
+    train: TaskResources = field(default_factory=TaskResources)
+    evaluate: TaskResources = field(default_factory=TaskResources)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    image: str = "hemaflow:latest"
+    caching: bool = True
+    pipeline_root: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    profile: str = "quickstart"
+    seed: int = 1337
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, overrides: dict[str, Any]) -> Config:
+        """A copy with ``overrides`` (nested dict or dotted keys) applied and validated."""
+        merged = _deep_merge(self.to_dict(), _expand_dotted(overrides))
+        return from_dict(merged, origin="<overrides>")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+
+
+def load_config(
+    profile: str | None = None,
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """Load a profile, then a user file on top of it, then ``overrides`` (dotted keys allowed).
+
+    A user file may itself say ``profile: NAME``; ``profile`` given here wins over it.
+    """
+    user: dict[str, Any] = {}
+    origin = "<defaults>"
+    if path is not None:
+        origin = str(path)
+        user = _read_yaml(Path(path))
+    name = profile or user.get("profile") or "quickstart"
+    if name not in available_profiles():
+        raise ConfigError(
+            f"{origin}: profile: unknown profile {name!r}; choose one of {', '.join(available_profiles())}"
+        )
+    base = _read_yaml(PROFILE_DIR / f"{name}.yaml")
+    merged = _deep_merge(base, user)
+    merged["profile"] = name
+    if overrides:
+        merged = _deep_merge(merged, _expand_dotted(overrides))
+        origin = f"{origin} + overrides"
+    return from_dict(merged, origin=origin)
+
+
+def from_dict(raw: dict[str, Any], origin: str = "<dict>") -> Config:
+    """Build and validate a :class:`Config`, raising one error that lists every problem."""
+    errors: list[str] = []
+    config = _build(Config, raw, "", errors)
+    if not errors:
+        _validate_tree(config, "", errors)
+    if errors:
+        listing = "\n  ".join(errors)
+        raise ConfigError(f"{origin}: invalid configuration:\n  {listing}")
+    return config
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``key.path=value`` from the command line; the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. train.epochs=3")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: configuration file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    return data
+
+
+def _expand_dotted(values: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = _expand_dotted(value) if isinstance(value, dict) else value
+    return out
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _build(cls: type, raw: Any, where: str, errors: list[str]) -> Any:
+    if not isinstance(raw, dict):
+        errors.append(f"{where or '<top>'}: expected a mapping, got {type(raw).__name__}")
+        return None
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            errors.append(f"{where}{key}: unknown key (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in raw:
+            kwargs[f.name] = _coerce(hints[f.name], raw[f.name], f"{where}{f.name}", errors)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            errors.append(f"{where}{f.name}: required key is missing")
+    if any(e.startswith(where) for e in errors) and where:
+        return None
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        errors.append(f"{where or '<top>'}: {exc}")
+        return None
+
+
+def _coerce(tp: Any, value: Any, where: str, errors: list[str]) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where + ".", errors)
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            trial: list[str] = []
+            result = _coerce(option, value, where, trial)
+            if not trial:
+                return result
+        errors.append(f"{where}: {value!r} is not {_describe(tp)}")
+        return None
+    if origin is Literal:
+        if value not in args:
+            errors.append(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            errors.append(f"{where}: expected a list, got {type(value).__name__}")
+            return []
+        return [_coerce(args[0], v, f"{where}[{i}]", errors) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            errors.append(f"{where}: expected a mapping, got {type(value).__name__}")
+            return {}
+        return {str(k): _coerce(args[1], v, f"{where}.{k}", errors) for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if type(value) is not tp:
+            errors.append(f"{where}: expected {tp.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def _describe(tp: Any) -> str:
+    parts = []
+    for option in typing.get_args(tp):
+        if typing.get_origin(option) is Literal:
+            parts.extend(repr(a) for a in typing.get_args(option))
+        else:
+            parts.append(getattr(option, "__name__", str(option)))
+    return " or ".join(parts)
+
+
+def _validate_tree(node: Any, where: str, errors: list[str]) -> None:
+    if hasattr(node, "validate"):
+        errors.extend(f"{where}{e}" for e in node.validate())
+    if dataclasses.is_dataclass(node):
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            if dataclasses.is_dataclass(value):
+                _validate_tree(value, f"{where}{f.name}.", errors)
+            elif isinstance(value, list):
+                for i, item in enumerate(value):
+                    if dataclasses.is_dataclass(item):
+                        _validate_tree(item, f"{where}{f.name}[{i}].", errors)

@@ -1,0 +1,175 @@
+"""Paths that may be local or ``gs://``, and artifacts written atomically to either.
+
+Stages never open final paths directly. They write into a local staging folder given by
+:func:`artifact_dir` and the folder is published only when the block ends without error:
+locally by a rename, on GCS by uploading under a temporary prefix, copying into place and
+writing the ``_COMPLETE`` marker last. A failed stage leaves no partial artifact under the
+final name. Reads of ``gs://`` objects go through a local cache keyed by the object's CRC32C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+COMPLETE_MARKER = "_COMPLETE"
+GCS_PREFIX = "gs://"
+
+
+class StorageError(OSError):
+    """A path or object is missing, unreadable or could not be written."""
+
+
+def is_gcs(path: str | os.PathLike) -> bool:
+    return str(path).startswith(GCS_PREFIX)
+
+
+def join(base: str | os.PathLike, *parts: str) -> str:
+    """Join path parts with '/' for gs:// and the OS separator locally."""
+    if is_gcs(base):
+        return "/".join([str(base).rstrip("/"), *(p.strip("/") for p in parts)])
+    return str(Path(base, *parts))
+
+
+def split_gcs(uri: str) -> tuple[str, str]:
+    """``gs://bucket/a/b`` -> ``("bucket", "a/b")``."""
+    if not is_gcs(uri):
+        raise StorageError(f"{uri}: not a gs:// URI")
+    rest = uri[len(GCS_PREFIX) :]
+    bucket, _, name = rest.partition("/")
+    if not bucket:
+        raise StorageError(f"{uri}: a gs:// URI needs a bucket name")
+    return bucket, name
+
+
+def cache_root() -> Path:
+    root = Path(os.environ.get("HEMAFLOW_CACHE", "~/.cache/hemaflow")).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- local views
+
+
+def local_path(uri: str | os.PathLike) -> Path:
+    """A local file or folder holding the content of ``uri`` (downloaded and cached for gs://)."""
+    if not is_gcs(uri):
+        path = Path(uri).expanduser()
+        if not path.exists():
+            raise StorageError(f"{path}: no such file or folder")
+        return path
+    from components import gcs
+
+    return gcs.download(str(uri), cache_root() / "gcs")
+
+
+def exists(uri: str | os.PathLike) -> bool:
+    if not is_gcs(uri):
+        return Path(uri).expanduser().exists()
+    from components import gcs
+
+    return gcs.exists(str(uri))
+
+
+def read_bytes(uri: str | os.PathLike) -> bytes:
+    return local_path(uri).read_bytes()
+
+
+def read_text(uri: str | os.PathLike) -> str:
+    return local_path(uri).read_text()
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write a local file so that readers see the old content or the new, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    write_bytes_atomic(path, text.encode())
+
+
+@contextlib.contextmanager
+def artifact_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Stage an output folder and publish it to ``final`` only if the block succeeds.
+
+    An existing artifact at ``final`` is replaced whole on success and kept on failure.
+    """
+    final_str = str(final)
+    if is_gcs(final_str):
+        with tempfile.TemporaryDirectory(prefix="hemaflow-stage-") as tmp:
+            staging = Path(tmp)
+            yield staging
+            from components import gcs
+
+            gcs.publish_dir(staging, final_str)
+        return
+
+    final_path = Path(final_str).expanduser().resolve()
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final_path.name}.staging-", dir=final_path.parent))
+    try:
+        yield staging
+        (staging / COMPLETE_MARKER).write_text("")
+        _swap_in(staging, final_path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _swap_in(staging: Path, final: Path) -> None:
+    if not final.exists():
+        os.replace(staging, final)
+        return
+    if final.is_dir() and any(final.iterdir()) and not (final / COMPLETE_MARKER).exists():
+        # A folder we did not write (or a foreign one): refuse rather than delete user files.
+        if not _looks_like_artifact(final):
+            shutil.rmtree(staging, ignore_errors=True)
+            raise StorageError(
+                f"{final}: exists and is not a hemaflow artifact; choose another output folder"
+            )
+    old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+    os.replace(final, old)
+    try:
+        os.replace(staging, final)
+    except BaseException:
+        os.replace(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+
+
+def _looks_like_artifact(path: Path) -> bool:
+    return (path / "manifest.json").exists() or (path / COMPLETE_MARKER).exists()
+
+
+def is_complete(uri: str | os.PathLike) -> bool:
+    """Whether ``uri`` is a published artifact folder (its completion marker exists)."""
+    return exists(join(uri, COMPLETE_MARKER))

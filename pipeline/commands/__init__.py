@@ -1,0 +1,1 @@
+"""One module per ``hemaflow`` subcommand; each defines ``register(subparsers)``."""

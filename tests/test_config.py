@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import pytest
+
+from components import config as cfg
+
+
+@pytest.mark.parametrize("profile", cfg.available_profiles())
+def test_every_profile_loads_and_validates(profile):
+    config = cfg.load_config(profile)
+    assert config.profile == profile
+    assert config.data.image_size >= 16
+    assert config.model.backbones
+
+
+def test_profiles_cover_quickstart_cpu_gpu():
+    assert {"quickstart", "cpu", "gpu"} <= set(cfg.available_profiles())
+
+
+def test_user_file_overrides_profile(tmp_path: Path):
+    path = tmp_path / "my.yaml"
+    path.write_text("profile: cpu\ntrain:\n  epochs: 3\n")
+    config = cfg.load_config(path=path)
+    assert config.profile == "cpu"
+    assert config.train.epochs == 3
+    assert config.data.image_size == cfg.load_config("cpu").data.image_size
+
+
+def test_unknown_key_names_key_and_file(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epochz: 3\n")
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.load_config(path=path)
+    assert "train.epochz: unknown key" in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_wrong_type_and_impossible_value_are_both_listed(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data:\n  image_size: big\ntrain:\n  epochs: 0\n")
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.load_config(path=path)
+    message = str(err.value)
+    assert "data.image_size: expected int, got 'big'" in message
+
+
+def test_impossible_value(tmp_path: Path):
+    with pytest.raises(cfg.ConfigError, match=r"tune.max_trials: the tuner budget"):
+        cfg.load_config("quickstart", overrides={"tune.max_trials": 0})
+    with pytest.raises(cfg.ConfigError, match=r"data.split.val \+ test"):
+        cfg.load_config("quickstart", overrides={"data.split": {"val": 0.5, "test": 0.5}})
+
+
+def test_literal_choices_are_enforced():
+    with pytest.raises(cfg.ConfigError, match=r"augment.mix.kind: 'blend' is not one of"):
+        cfg.load_config("quickstart", overrides={"augment.mix.kind": "blend"})
+
+
+def test_unknown_profile_is_an_error():
+    with pytest.raises(cfg.ConfigError, match="unknown profile 'huge'"):
+        cfg.load_config("huge")
+
+
+def test_not_yaml(tmp_path: Path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("train: [1, 2\n")
+    with pytest.raises(cfg.ConfigError, match="not valid YAML"):
+        cfg.load_config(path=path)
+
+
+def test_parse_override_reads_yaml_values():
+    assert cfg.parse_override("train.epochs=3") == ("train.epochs", 3)
+    assert cfg.parse_override("model.backbones=[a, b]") == ("model.backbones", ["a", "b"])
+    with pytest.raises(cfg.ConfigError, match="expected KEY=VALUE"):
+        cfg.parse_override("train.epochs")
