@@ -149,13 +149,12 @@ def _swap_in(staging: Path, final: Path) -> None:
     if not final.exists():
         os.replace(staging, final)
         return
-    if final.is_dir() and any(final.iterdir()) and not (final / COMPLETE_MARKER).exists():
-        # A folder we did not write (or a foreign one): refuse rather than delete user files.
-        if not _looks_like_artifact(final):
-            shutil.rmtree(staging, ignore_errors=True)
-            raise StorageError(
-                f"{final}: exists and is not a hemaflow artifact; choose another output folder"
-            )
+    if final.is_dir() and any(final.iterdir()) and not _looks_like_artifact(final):
+        # A folder we did not write: refuse rather than delete a user's files.
+        shutil.rmtree(staging, ignore_errors=True)
+        raise StorageError(
+            f"{final}: exists and is not a hemaflow artifact; choose another output folder"
+        )
     old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
     os.replace(final, old)
     try:
