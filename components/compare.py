@@ -1,0 +1,119 @@
+"""Stage 3, backbone comparison: a few epochs per candidate, then the top k by a criterion.
+
+With pretrained weights only the head trains (the backbone stays frozen), which is what ranks
+backbones by how well their features fit blood cells; without weights the whole network
+trains from scratch. One backbone per call, so a pipeline runs candidates in parallel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from components import storage
+from components.config import Config
+
+log = logging.getLogger("hemaflow.compare")
+
+CRITERIA = ("val_accuracy", "bmk_accuracy", "mean_accuracy")
+RESULT_KEYS = (
+    "backbone",
+    "val_accuracy",
+    "bmk_accuracy",
+    "params",
+    "train_images_per_s",
+    "infer_images_per_s",
+    "precision",
+)
+
+
+def compare_backbone(data_dir: str, backbone: str, out_dir: str, config: Config) -> dict:
+    """Train ``backbone`` for ``compare.epochs`` on ``data_dir``; write results.json to out_dir."""
+    from components import training, zoo
+    from components.report import Report
+
+    s = training.setup(data_dir, backbone, config)
+    hp = training.default_hparams(config)
+    train_ds, val_ds, bmk_ds = training.data(s, config.seed)
+    with s.strategy.scope():
+        model = training.build(s, config, hp)
+        zoo.set_trainable_layers(model, 0 if s.pretrained else -1)
+    training.compile_phase(s, model, hp, config.compare.learning_rate, config.compare.epochs)
+    with tempfile.TemporaryDirectory(prefix="hemaflow-compare-") as work:
+        phase = training.run_phase(
+            model, "compare", Path(work), train_ds, val_ds, config.compare.epochs, s.train_images
+        )
+    val_accuracy = training.evaluate_accuracy(model, val_ds)
+    bmk_accuracy = training.evaluate_accuracy(model, bmk_ds) if bmk_ds is not None else None
+    result: dict[str, Any] = {
+        "backbone": backbone,
+        "val_accuracy": val_accuracy,
+        "bmk_accuracy": bmk_accuracy,
+        "params": int(model.count_params()),
+        "train_images_per_s": training.steady_rate(phase["rates"]),
+        "infer_images_per_s": training.inference_rate(model, val_ds),
+        "precision": s.policy,
+        "epochs": config.compare.epochs,
+        "image_size": s.info.image_size,
+        "pretrained": s.pretrained,
+    }
+    with storage.artifact_dir(out_dir) as staging:
+        saved = {**result, "history": phase["history"]}
+        (staging / "results.json").write_text(json.dumps(saved, indent=2))
+        report = Report(f"Backbone comparison: {backbone}")
+        report.table([{k: result[k] for k in RESULT_KEYS}])
+        report.figure(
+            "curves.png", training.curves_png(phase["history"], backbone), "training curves"
+        )
+        report.write(staging)
+    log.info("%s: val %.4f, bmk %s", backbone, val_accuracy, bmk_accuracy)
+    return result
+
+
+def score(result: dict, criterion: str) -> float:
+    """A result's value under ``criterion`` (mean_accuracy falls back to val without Bmk)."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion: {criterion!r} is not one of {', '.join(CRITERIA)}")
+    val = result.get("val_accuracy")
+    bmk = result.get("bmk_accuracy")
+    if criterion == "val_accuracy":
+        value = val
+    elif criterion == "bmk_accuracy":
+        value = bmk
+    else:
+        value = val if bmk is None else (val + bmk) / 2 if val is not None else None
+    if value is None:
+        raise ValueError(f"{result.get('backbone', '?')}: no {criterion} in its results")
+    return float(value)
+
+
+def select_top_k(results: list[dict], k: int, criterion: str) -> list[str]:
+    """The backbones of the ``k`` best results; ties go to the smaller, then the faster model."""
+    if k < 1:
+        raise ValueError(f"k: must be at least 1, got {k}")
+    names = [r.get("backbone") for r in results]
+    if len(set(names)) != len(names):
+        raise ValueError(f"results: backbones appear more than once: {names}")
+    if k > len(results):
+        raise ValueError(
+            f"k={k}: only {len(results)} candidate backbone(s) to choose from ({', '.join(map(str, names))})"
+        )
+    ranked = sorted(
+        results,
+        key=lambda r: (-score(r, criterion), r.get("params", 0), -r.get("train_images_per_s", 0)),
+    )
+    return [r["backbone"] for r in ranked[:k]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.cli import main as cli
+
+    return cli(["compare", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Stage 5, final training of one backbone with its tuned hyperparameters.
+
+Pretrained backbones: a frozen warm-up (``train.warmup_epochs``, only the head learns, so
+the random head does not wreck the pretrained features), then fine-tuning of the top
+``unfreeze`` backbone layers at the lower ``fine_tune_learning_rate``. From scratch: one
+phase over the whole network at ``learning_rate``. Each phase checkpoints every epoch into a
+stable work folder (``train.checkpoint_dir``, else beside ``out_dir``): a re-run with the
+same ``out_dir`` after a kill or preemption resumes at the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+from typing import Any
+
+from components import storage
+from components.config import Config
+
+log = logging.getLogger("hemaflow.train")
+
+
+def train_backbone(
+    data_dir: str, backbone: str, hparams: str | None, out_dir: str, config: Config
+) -> dict:
+    """Train, then export a Model folder to ``out_dir``; returns val (and Bmk) metrics."""
+    from components import export, training, zoo
+    from components.report import Report
+
+    start = time.perf_counter()
+    hp = training.load_hparams(hparams, config)
+    s = training.setup(data_dir, backbone, config)
+    work = training.default_work_dir(out_dir, config.train.checkpoint_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    train_ds, val_ds, bmk_ds = training.data(s, config.seed)
+    t = config.train
+    with s.strategy.scope():
+        model = training.build(s, config, hp)
+
+    phases: list[dict[str, Any]] = []
+    if s.pretrained and t.warmup_epochs:
+        zoo.set_trainable_layers(model, 0)
+        training.compile_phase(s, model, hp, hp.learning_rate, t.warmup_epochs)
+        phases.append(
+            training.run_phase(
+                model, "warmup", work, train_ds, val_ds, t.warmup_epochs, s.train_images
+            )
+        )
+    unfreeze = hp.unfreeze if s.pretrained else -1
+    trainable = zoo.set_trainable_layers(model, unfreeze)
+    rate = hp.fine_tune_learning_rate if s.pretrained else hp.learning_rate
+    training.compile_phase(s, model, hp, rate, t.epochs)
+    phases.append(
+        training.run_phase(
+            model,
+            "finetune",
+            work,
+            train_ds,
+            val_ds,
+            t.epochs,
+            s.train_images,
+            patience=t.early_stopping_patience,
+        )
+    )
+
+    history = _concat([p["history"] for p in phases])
+    metrics = {
+        "val_accuracy": training.evaluate_accuracy(model, val_ds),
+        "bmk_accuracy": training.evaluate_accuracy(model, bmk_ds) if bmk_ds is not None else None,
+        "epochs_run": len(history.get("loss", [])),
+        "resumed_from": phases[-1].get("resumed_from", 0),
+        "train_images_per_s": training.steady_rate(phases[-1].get("rates", [])),
+        "trainable_backbone_layers": trainable,
+        "wall_seconds": time.perf_counter() - start,
+    }
+    info = {
+        "backbone": backbone,
+        "precision": s.policy,
+        "pretrained": s.pretrained,
+        "weights": config.model.weights if s.pretrained else "none",
+        "hparams": hp.__dict__,
+        "metrics": metrics,
+        "history": history,
+        "profile": config.profile,
+        "seed": config.seed,
+    }
+    with storage.artifact_dir(out_dir) as staging:
+        export.export_model(model, staging, s.info.class_names, s.info.image_size, info)
+        curves = training.curves_png(history, f"{backbone} ({s.policy})")
+        (staging / "curves.png").write_bytes(curves)
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        report = Report(f"Training: {backbone}")
+        report.table([{"backbone": backbone, "precision": s.policy, **metrics}])
+        report.figure("curves.png", curves, "loss and accuracy per epoch (train and val)")
+        report.json_block(info["hparams"])
+        report.write(staging)
+    # The model is published; its checkpoints are no longer needed.
+    shutil.rmtree(work, ignore_errors=True)
+    log.info(
+        "%s: val accuracy %.4f in %.0f s",
+        backbone,
+        metrics["val_accuracy"],
+        metrics["wall_seconds"],
+    )
+    return metrics
+
+
+def _concat(histories: list[dict[str, list[float]]]) -> dict[str, list[float]]:
+    """Phase histories joined epoch after epoch (metric series only, no epoch column)."""
+    out: dict[str, list[float]] = {}
+    for history in histories:
+        for key, values in history.items():
+            if key != "epoch":
+                out.setdefault(key, []).extend(values)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.cli import main as cli
+
+    return cli(["train", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

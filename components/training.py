@@ -1,0 +1,486 @@
+"""What compare, tune and train share: data, hyperparameters, optimizers, callbacks, phases.
+
+A training *phase* (:func:`run_phase`) is one ``fit`` with its own work folder: a
+``keras.callbacks.BackupAndRestore`` checkpoint written every epoch (a killed run resumes at
+the next epoch, so a preempted node loses at most one), a CSV log appended across restarts,
+the best weights on val, early stopping, and a ``done.json`` marker so a restarted run skips
+phases that already finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from components import storage
+from components.config import Config
+
+log = logging.getLogger("hemaflow.training")
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "lion")
+SCHEDULES = ("constant", "cosine")
+IN_MEMORY_LIMIT_BYTES = 2 << 30
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What the model stages need from a TFRecord folder's manifest.json."""
+
+    data_dir: str
+    class_names: list[str]
+    image_size: int
+    counts: dict[str, int]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def read_data_info(data_dir: str) -> DataInfo:
+    """Read and check the manifest of a TFRecord folder written by balance-and-augment."""
+    path = storage.join(data_dir, "manifest.json")
+    if not storage.exists(path):
+        raise FileNotFoundError(f"{path}: no manifest.json; is {data_dir} a TFRecord folder?")
+    try:
+        manifest = json.loads(storage.read_text(path))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+    for key in ("class_names", "image_size"):
+        if key not in manifest:
+            raise ValueError(f"{path}: missing field {key!r}")
+    class_names = [str(c) for c in manifest["class_names"]]
+    if len(class_names) < 2:
+        raise ValueError(f"{path}: class_names: need at least 2 classes, got {class_names}")
+    counts = {}
+    for split, value in (manifest.get("counts") or {}).items():
+        counts[split] = int(sum(value.values()) if isinstance(value, dict) else sum(value))
+    return DataInfo(str(data_dir), class_names, int(manifest["image_size"]), counts)
+
+
+def split_size(info: DataInfo, split: str) -> int:
+    """Records in ``split`` (from the manifest, else by counting), with a clear error if none."""
+    from components import tfrecords
+
+    size = info.counts.get(split)
+    if size is None:
+        size = tfrecords.count_records(info.data_dir, split)
+    if size < 1:
+        raise ValueError(f"{info.data_dir}: split {split!r} is empty")
+    return size
+
+
+def has_split(info: DataInfo, split: str) -> bool:
+    import tensorflow as tf
+
+    from components import tfrecords
+
+    if info.counts.get(split):
+        return True
+    return bool(tf.io.gfile.glob(tfrecords.shard_pattern(info.data_dir, split)))
+
+
+def dataset(info: DataInfo, split: str, batch_size: int, train: bool = False, seed: int = 0):
+    """Batches of (uint8 images, soft labels) for ``split``.
+
+    Decoding PNG on every epoch would compete with training for the same few cores, so a
+    split that fits in memory is decoded once and cached; the training split is then
+    reshuffled from the cache each epoch.
+    """
+    import tensorflow as tf
+
+    from components import tfrecords
+
+    size = split_size(info, split)
+    ds = tfrecords.read_dataset(
+        info.data_dir, split, info.num_classes, info.image_size, batch_size=256, seed=seed
+    )
+    if size * info.image_size**2 * 3 <= IN_MEMORY_LIMIT_BYTES:
+        ds = ds.unbatch().cache()
+    else:
+        ds = ds.unbatch()
+    if train:
+        ds = ds.shuffle(min(size, 16384), seed=seed, reshuffle_each_iteration=True)
+    # A known length lets Keras size its epochs (the manifest's counts are checked here).
+    batches = tf.data.experimental.assert_cardinality(math.ceil(size / batch_size))
+    return ds.batch(batch_size).apply(batches).prefetch(tf.data.AUTOTUNE)
+
+
+# --------------------------------------------------------------------------- hyperparameters
+
+
+@dataclass(frozen=True)
+class Hparams:
+    """The tunable training choices; defaults come from the config, tuning overrides them."""
+
+    dense: list[int] = field(default_factory=lambda: [128])
+    dropout: float = 0.3
+    optimizer: str = "adamw"
+    learning_rate: float = 1e-3
+    fine_tune_learning_rate: float = 1e-4
+    schedule: str = "cosine"
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.1
+    unfreeze: int = 20
+
+    def validate(self, where: str) -> None:
+        problems = []
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer: {self.optimizer!r} is not one of {OPTIMIZERS}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule: {self.schedule!r} is not one of {SCHEDULES}")
+        if self.learning_rate <= 0 or self.fine_tune_learning_rate <= 0:
+            problems.append("learning_rate: must be positive")
+        if not 0 <= self.dropout < 1:
+            problems.append("dropout: must be in [0, 1)")
+        if not 0 <= self.label_smoothing < 1:
+            problems.append("label_smoothing: must be in [0, 1)")
+        if any(int(u) < 1 for u in self.dense):
+            problems.append("dense: every layer needs at least 1 unit")
+        if problems:
+            raise ValueError(f"{where}: " + "; ".join(problems))
+
+
+def default_hparams(config: Config) -> Hparams:
+    t = config.train
+    return Hparams(
+        dense=list(config.model.head.dense),
+        dropout=config.model.head.dropout,
+        optimizer=t.optimizer,
+        learning_rate=t.learning_rate,
+        fine_tune_learning_rate=t.fine_tune_learning_rate,
+        schedule=t.schedule,
+        weight_decay=t.weight_decay,
+        label_smoothing=t.label_smoothing,
+        unfreeze=t.unfreeze_layers,
+    )
+
+
+def load_hparams(path: str | None, config: Config) -> Hparams:
+    """The config's defaults, overridden by a best_hparams.json (its ``hparams`` mapping)."""
+    base = default_hparams(config)
+    if not path:
+        return base
+    try:
+        raw = json.loads(storage.read_text(path))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+    values = raw.get("hparams", raw) if isinstance(raw, dict) else None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of hyperparameters")
+    known = {f.name for f in dataclasses.fields(Hparams)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown hyperparameters {unknown} (known: {sorted(known)})")
+    hp = dataclasses.replace(base, **values)
+    hp.validate(str(path))
+    return hp
+
+
+# --------------------------------------------------------------------------- optimization
+
+
+def make_optimizer(
+    name: str,
+    learning_rate: float,
+    schedule: str = "constant",
+    total_steps: int = 0,
+    weight_decay: float = 0.0,
+):
+    """An optimizer by name, with a constant or cosine (with 5% linear warm-up) rate."""
+    import keras
+
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer: {name!r} is not one of {', '.join(OPTIMIZERS)}")
+    rate: Any = learning_rate
+    if schedule == "cosine" and total_steps > 1:
+        warmup = max(1, total_steps // 20)
+        rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=learning_rate * 0.1,
+            decay_steps=total_steps - warmup,
+            warmup_target=learning_rate,
+            warmup_steps=warmup,
+            alpha=0.01,
+        )
+    elif schedule not in SCHEDULES:
+        raise ValueError(f"schedule: {schedule!r} is not one of {', '.join(SCHEDULES)}")
+    if name == "adam":
+        return keras.optimizers.Adam(rate)
+    if name == "adamw":
+        return keras.optimizers.AdamW(rate, weight_decay=weight_decay)
+    if name == "sgd":
+        return keras.optimizers.SGD(rate, momentum=0.9, nesterov=True)
+    return keras.optimizers.Lion(rate, weight_decay=weight_decay or None)
+
+
+def compile_model(model, optimizer, label_smoothing: float = 0.0) -> None:
+    """Cross-entropy on soft labels (CutMix/MixUp) with optional label smoothing."""
+    import keras
+
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+def throughput_callback(images_per_epoch: int):
+    """Logs each epoch's metrics and training images/s (kept in ``.rates``)."""
+    import keras
+
+    class Throughput(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rates: list[float] = []
+            self._start = 0.0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            seconds = time.perf_counter() - self._start
+            self.rates.append(images_per_epoch / max(seconds, 1e-9))
+            shown = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()))
+            log.info(
+                "epoch %d: %s (%.0f s, %.1f images/s)", epoch + 1, shown, seconds, self.rates[-1]
+            )
+
+    return Throughput()
+
+
+def curves_png(history: dict[str, list[float]], title: str) -> bytes:
+    """Loss and accuracy per epoch, train and val, as a PNG."""
+    from components import report
+
+    plt = report._pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for key, style in ((metric, "-"), (f"val_{metric}", "--")):
+            if history.get(key):
+                epochs = range(1, len(history[key]) + 1)
+                ax.plot(epochs, history[key], style, marker="o", label=key)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return report.figure_png(fig)
+
+
+def read_csv_history(path: Path) -> dict[str, list[float]]:
+    """The per-epoch log that CSVLogger appended (across restarts) as columns."""
+    import csv
+
+    if not path.exists():
+        return {}
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    columns: dict[str, list[float]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key and value not in (None, ""):
+                columns.setdefault(key, []).append(float(value))
+    return columns
+
+
+def run_phase(
+    model,
+    name: str,
+    work_dir: Path,
+    train_ds,
+    val_ds,
+    epochs: int,
+    train_images: int,
+    patience: int = 0,
+    extra_callbacks: list | None = None,
+) -> dict[str, Any]:
+    """One resumable ``fit`` of ``model`` (compiled) for ``epochs`` epochs in ``work_dir/name``.
+
+    Returns ``{"history": columns, "rates": images/s per epoch, "resumed_from": epoch}``.
+    A phase whose ``done.json`` exists is not rerun: its final weights are loaded instead.
+    """
+    import keras
+
+    folder = Path(work_dir) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    done = folder / "done.json"
+    final_weights = folder / "final.weights.h5"
+    csv_path = folder / "history.csv"
+    if done.exists() and final_weights.exists():
+        model.load_weights(final_weights)
+        log.info("phase %s: already finished, loaded its weights", name)
+        return {**json.loads(done.read_text()), "history": read_csv_history(csv_path)}
+
+    backup = folder / "backup"
+    resumed_from = 0
+    metadata = backup / "training_metadata.json"
+    if metadata.exists():
+        resumed_from = int(json.loads(metadata.read_text()).get("epoch", 0))
+        log.info("phase %s: resuming from checkpoint at epoch %d", name, resumed_from)
+    best = folder / "best.weights.h5"
+    earlier = read_csv_history(csv_path).get("val_accuracy", [])
+    throughput = throughput_callback(train_images)
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(backup), save_freq="epoch", delete_checkpoint=True),
+        keras.callbacks.CSVLogger(str(csv_path), append=True),
+        keras.callbacks.ModelCheckpoint(
+            str(best),
+            monitor="val_accuracy",
+            mode="max",
+            save_best_only=True,
+            save_weights_only=True,
+            initial_value_threshold=max(earlier) if earlier and best.exists() else None,
+        ),
+        throughput,
+        *(extra_callbacks or []),
+    ]
+    if patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience)
+        )
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=0)
+    if best.exists():
+        model.load_weights(best)
+    model.save_weights(final_weights)
+    summary = {"resumed_from": resumed_from, "rates": throughput.rates}
+    storage.write_text_atomic(done, json.dumps(summary))
+    return {**summary, "history": read_csv_history(csv_path)}
+
+
+def evaluate_accuracy(model, ds) -> float:
+    """Top-1 accuracy against the arg-max of the (soft) labels."""
+    import numpy as np
+
+    correct = total = 0
+    for images, labels in ds:
+        probs = model.predict_on_batch(images)
+        correct += int(np.sum(np.argmax(probs, -1) == np.argmax(labels.numpy(), -1)))
+        total += int(labels.shape[0])
+    if not total:
+        raise ValueError("evaluate_accuracy: the split is empty")
+    return correct / total
+
+
+def inference_rate(model, ds, max_batches: int = 20) -> float:
+    """Images/s of ``predict_on_batch`` over up to ``max_batches`` batches (after a warm-up)."""
+    batches = [images for images, _ in ds.take(max_batches + 1)]
+    model.predict_on_batch(batches[0])
+    start = time.perf_counter()
+    count = 0
+    for images in batches[1:] or batches:
+        model.predict_on_batch(images)
+        count += int(images.shape[0])
+    return count / max(time.perf_counter() - start, 1e-9)
+
+
+def steps_per_epoch(images: int, batch_size: int) -> int:
+    return max(1, math.ceil(images / batch_size))
+
+
+def default_work_dir(out_dir: str, configured: str = "") -> Path:
+    """A stable local work folder for checkpoints: configured, or beside ``out_dir``.
+
+    A re-run with the same ``out_dir`` finds the same folder and resumes. For gs:// outputs
+    the default lives in the local cache, which a rescheduled pod does not see: on a cluster
+    set ``train.checkpoint_dir`` to a persistent volume or, on Vertex AI, to the bucket's
+    Cloud Storage FUSE mount (/gcs/BUCKET/...), so a preempted node loses at most one epoch.
+    """
+    if configured:
+        # One base folder serves every task of a pipeline: each output gets its own.
+        digest = hashlib.sha1(str(out_dir).encode()).hexdigest()[:12]
+        return Path(configured).expanduser() / f"{Path(str(out_dir).rstrip('/')).name}-{digest}"
+    if storage.is_gcs(out_dir):
+        bucket, name = storage.split_gcs(out_dir)
+        return storage.cache_root() / "work" / bucket / name
+    final = Path(out_dir).expanduser().resolve()
+    return final.with_name(f".{final.name}.work")
+
+
+# --------------------------------------------------------------------------- stage setup
+
+
+@dataclass
+class Setup:
+    """Everything a model stage decides before building a model."""
+
+    info: DataInfo
+    backbone: str
+    strategy: Any
+    policy: str
+    batch_size: int
+    pretrained: bool
+    train_images: int
+
+
+def setup(data_dir: str, backbone: str, config: Config) -> Setup:
+    """Read the data manifest, pick strategy, dtype policy and global batch for ``backbone``."""
+    from components import distribute, precision, zoo
+
+    zoo.backbone_spec(backbone)  # an unknown name fails before any data is read
+    info = read_data_info(data_dir)
+    for split in ("train", "val"):
+        split_size(info, split)
+    strategy = distribute.get_strategy()
+    policy = precision.policy_for(backbone, config.model.precision)
+    pretrained = config.model.weights != "none" and zoo.is_pretrainable(backbone)
+    batch = distribute.global_batch_size(config.model.batch_size, strategy)
+    log.info(
+        "%s: %d classes at %d px, policy %s, batch %d on %d replica(s), %s",
+        backbone,
+        info.num_classes,
+        info.image_size,
+        policy,
+        batch,
+        strategy.num_replicas_in_sync,
+        "pretrained" if pretrained else "from scratch",
+    )
+    return Setup(info, backbone, strategy, policy, batch, pretrained, split_size(info, "train"))
+
+
+def build(s: Setup, config: Config, hp: Hparams):
+    """The model for ``s`` with ``hp``'s head; create it inside ``s.strategy.scope()``."""
+    from components import zoo
+
+    return zoo.build_model(
+        s.backbone,
+        s.info.num_classes,
+        s.info.image_size,
+        weights=config.model.weights if s.pretrained else "none",
+        head=config.model.head,
+        policy=s.policy,
+        dense=hp.dense,
+        dropout=hp.dropout,
+    )
+
+
+def compile_phase(s: Setup, model, hp: Hparams, learning_rate: float, epochs: int) -> None:
+    """(Re)compile ``model`` for a phase of ``epochs`` epochs at peak ``learning_rate``."""
+    total = steps_per_epoch(s.train_images, s.batch_size) * epochs
+    with s.strategy.scope():
+        optimizer = make_optimizer(hp.optimizer, learning_rate, hp.schedule, total, hp.weight_decay)
+        compile_model(model, optimizer, hp.label_smoothing)
+
+
+def data(s: Setup, seed: int):
+    """(train, val, bmk or None) datasets at the global batch size."""
+    train_ds = dataset(s.info, "train", s.batch_size, train=True, seed=seed)
+    val_ds = dataset(s.info, "val", s.batch_size)
+    bmk_ds = dataset(s.info, "bmk", s.batch_size) if has_split(s.info, "bmk") else None
+    return train_ds, val_ds, bmk_ds
+
+
+def steady_rate(rates: list[float]) -> float:
+    """Training images/s without the first epoch (graph tracing, cache filling) if possible."""
+    steady = rates[1:] or rates
+    return float(sum(steady) / len(steady)) if steady else 0.0

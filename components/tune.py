@@ -1,0 +1,203 @@
+"""Stage 4, hyperparameter search with keras-tuner for one backbone.
+
+Searched: dense head sizes (one or two layers, e.g. 1024 then 128), dropout, optimizer
+(Adam, AdamW, SGD, Lion), peak learning rate and schedule (constant or cosine), label
+smoothing, and, for pretrained backbones, how many top backbone layers to unfreeze.
+Algorithms: Hyperband (default; its brackets are capped at ``tune.max_trials`` trials),
+Bayesian optimisation or random search.
+
+The tuner folder (``tune.directory``; default: a stable folder beside ``out_dir``) may be
+gs://, since keras-tuner writes through tf.io.gfile; a re-run with the same folder continues
+the search instead of starting again.
+
+Distributed tuning works as keras-tuner's own: start the same command once with
+``KERASTUNER_TUNER_ID=chief`` (runs the oracle) and on each worker with
+``KERASTUNER_TUNER_ID=tuner0``, ``tuner1`` ..., all with ``KERASTUNER_ORACLE_IP`` and
+``KERASTUNER_ORACLE_PORT`` naming the chief. Workers run trials; only the chief publishes
+best_hparams.json and the trial table.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from components import storage
+from components.config import Config
+
+log = logging.getLogger("hemaflow.tune")
+
+DENSE_FIRST = [128, 256, 512, 1024]
+DENSE_SECOND = [0, 64, 128]
+UNFREEZE = [0, 10, 20, 40, -1]
+
+
+def hparams_from_values(values: dict[str, Any], pretrained: bool, config: Config) -> dict:
+    """A tuner trial's values as the :class:`components.training.Hparams` fields."""
+    from components import training
+
+    base = training.default_hparams(config)
+    dense = [int(values["dense_1"])] + ([int(values["dense_2"])] if values.get("dense_2") else [])
+    lr = float(values["learning_rate"])
+    return {
+        "dense": dense,
+        "dropout": float(values["dropout"]),
+        "optimizer": str(values["optimizer"]),
+        "learning_rate": lr,
+        # Fine-tuning after a warm-up runs an order of magnitude lower, as the trial did.
+        "fine_tune_learning_rate": lr / 10 if pretrained else lr,
+        "schedule": str(values["schedule"]),
+        "weight_decay": base.weight_decay,
+        "label_smoothing": float(values["label_smoothing"]),
+        "unfreeze": int(values["unfreeze"]) if pretrained else base.unfreeze,
+    }
+
+
+def trial_epochs(config: Config) -> int:
+    """The longest a trial trains: tune.epochs (Hyperband needs at least 2 to halve)."""
+    return (
+        max(config.tune.epochs, 2) if config.tune.algorithm == "hyperband" else config.tune.epochs
+    )
+
+
+def make_hypermodel(s, config: Config):
+    """A keras-tuner HyperModel over the search space above for the stage setup ``s``."""
+    import dataclasses
+
+    import keras_tuner as kt
+
+    from components import training, zoo
+
+    class BloodCellHyperModel(kt.HyperModel):
+        def build(self, hp):
+            hp.Choice("dense_1", DENSE_FIRST)
+            hp.Choice("dense_2", DENSE_SECOND)
+            hp.Float("dropout", 0.0, 0.5, step=0.1)
+            hp.Choice("optimizer", ["adam", "adamw", "sgd", "lion"])
+            hp.Float("learning_rate", 1e-4, 1e-2, sampling="log")
+            hp.Choice("schedule", ["constant", "cosine"])
+            hp.Choice("label_smoothing", [0.0, 0.05, 0.1, 0.2])
+            hp.Choice("unfreeze", UNFREEZE if s.pretrained else [-1])
+            values = hparams_from_values(hp.values, s.pretrained, config)
+            params = dataclasses.replace(training.default_hparams(config), **values)
+            model = training.build(s, config, params)
+            zoo.set_trainable_layers(model, params.unfreeze if s.pretrained else -1)
+            total = training.steps_per_epoch(s.train_images, s.batch_size) * trial_epochs(config)
+            optimizer = training.make_optimizer(
+                params.optimizer,
+                params.learning_rate,
+                params.schedule,
+                total,
+                params.weight_decay,
+            )
+            training.compile_model(model, optimizer, params.label_smoothing)
+            return model
+
+    return BloodCellHyperModel()
+
+
+def make_tuner(hypermodel, s, config: Config, directory: str, project: str):
+    import keras_tuner as kt
+
+    t = config.tune
+    common = dict(
+        objective=kt.Objective("val_accuracy", direction="max"),
+        executions_per_trial=t.executions_per_trial,
+        seed=config.seed,
+        directory=directory,
+        project_name=project,
+        overwrite=False,
+        distribution_strategy=s.strategy if s.strategy.num_replicas_in_sync > 1 else None,
+    )
+    if t.algorithm == "hyperband":
+        tuner = kt.Hyperband(hypermodel, max_epochs=trial_epochs(config), factor=3, **common)
+        # Hyperband sizes its brackets from max_epochs; the oracle's cap keeps the budget.
+        tuner.oracle.max_trials = t.max_trials
+        return tuner
+    if t.algorithm == "bayesian":
+        return kt.BayesianOptimization(hypermodel, max_trials=t.max_trials, **common)
+    return kt.RandomSearch(hypermodel, max_trials=t.max_trials, **common)
+
+
+def trial_rows(oracle) -> list[dict[str, Any]]:
+    """One row per trial: id, status, score and every hyperparameter value."""
+    rows = []
+    for trial in sorted(oracle.trials.values(), key=lambda tr: tr.trial_id):
+        row = {"trial_id": trial.trial_id, "status": str(trial.status), "score": trial.score}
+        row.update({k: v for k, v in trial.hyperparameters.values.items()})
+        rows.append(row)
+    return rows
+
+
+def rows_to_csv(rows: list[dict[str, Any]]) -> str:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def tune_backbone(data_dir: str, backbone: str, out_dir: str, config: Config) -> dict:
+    """Search hyperparameters for ``backbone``; out_dir gets best_hparams.json + trials table."""
+    from components import training
+    from components.report import Report
+
+    if config.tune.max_trials < 1:
+        raise ValueError("tune.max_trials: the tuner budget must be at least 1 trial")
+    s = training.setup(data_dir, backbone, config)
+    train_ds, val_ds, _ = training.data(s, config.seed)
+    directory = config.tune.directory or str(training.default_work_dir(out_dir) / "tuner")
+    tuner = make_tuner(make_hypermodel(s, config), s, config, directory, backbone)
+    tuner.search(train_ds, validation_data=val_ds, epochs=config.tune.epochs, verbose=0)
+
+    tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "chief")
+    if os.environ.get("KERASTUNER_ORACLE_IP") and tuner_id != "chief":
+        log.info("tuner worker %s finished its trials", tuner_id)
+        return {"backbone": backbone, "tuner_id": tuner_id}
+
+    rows = trial_rows(tuner.oracle)
+    scored = [r for r in rows if r["score"] is not None]
+    if not scored:
+        raise RuntimeError(f"{backbone}: no tuning trial finished (see {directory})")
+    best_trial = tuner.oracle.get_best_trials(1)[0]
+    hparams = hparams_from_values(best_trial.hyperparameters.values, s.pretrained, config)
+    result = {
+        "backbone": backbone,
+        "objective": "val_accuracy",
+        "best_val_accuracy": float(best_trial.score),
+        "best_trial": best_trial.trial_id,
+        "trials": len(rows),
+        "algorithm": config.tune.algorithm,
+        "hparams": hparams,
+    }
+    with storage.artifact_dir(out_dir) as staging:
+        (staging / "best_hparams.json").write_text(json.dumps(result, indent=2))
+        (staging / "trials.json").write_text(json.dumps(rows, indent=2, default=str))
+        (staging / "trials.csv").write_text(rows_to_csv(rows))
+        report = Report(f"Tuning: {backbone}")
+        report.paragraph(
+            f"{len(rows)} trial(s), {config.tune.algorithm}; best val accuracy "
+            f"{best_trial.score:.4f} (trial {best_trial.trial_id})."
+        )
+        report.table(rows)
+        report.write(staging)
+    log.info("%s: best val accuracy %.4f over %d trial(s)", backbone, best_trial.score, len(rows))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.cli import main as cli
+
+    return cli(["tune", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""The model zoo: keras.applications backbones and two small from-scratch CNNs, one head.
+
+Every model takes raw uint8 RGB ``[None, S, S, 3]`` and does its backbone's own preprocessing
+inside, so an exported model needs nothing but pixels. Layout of a built model::
+
+    images (uint8) -> preprocessing (float32) -> "backbone" (nested model) -> head -> softmax
+
+The preprocessing layers are created in float32 before the dtype policy applies, and the
+softmax is float32 under every policy, so bf16/fp16 never reaches the probabilities.
+Only built-in Keras layers are used, so models load with safe_mode=True as they are.
+The backbone is a nested model named ``backbone`` so that :func:`set_trainable_layers` can
+freeze or unfreeze its top layers for fine-tuning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from components.config import HeadConfig
+
+BACKBONE_LAYER = "backbone"
+OUTPUT_LAYER = "probabilities"
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+TORCH_MEAN = (0.485, 0.456, 0.406)
+TORCH_STD = (0.229, 0.224, 0.225)
+# Faster-adapting BatchNorm statistics for short from-scratch runs (PyTorch's default).
+BN_MOMENTUM = 0.9
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one backbone: its keras.applications constructor and input convention.
+
+    ``preprocess``: ``caffe`` (BGR, ImageNet mean), ``torch`` (0-1, ImageNet mean/std),
+    ``tf`` (-1..1), ``raw`` (the backbone rescales 0-255 itself), ``unit`` (0-1, from scratch).
+    """
+
+    constructor: str
+    preprocess: str
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+
+_APPS: dict[str, BackboneSpec] = {
+    "vgg16": BackboneSpec("VGG16", "caffe"),
+    "resnet50": BackboneSpec("ResNet50", "caffe"),
+    "resnet101": BackboneSpec("ResNet101", "caffe"),
+    "resnet152": BackboneSpec("ResNet152", "caffe"),
+    "resnet50_v2": BackboneSpec("ResNet50V2", "tf"),
+    "resnet101_v2": BackboneSpec("ResNet101V2", "tf"),
+    "resnet152_v2": BackboneSpec("ResNet152V2", "tf"),
+    "mobilenet_v2": BackboneSpec("MobileNetV2", "tf"),
+    "mobilenet_v3_small": BackboneSpec(
+        "MobileNetV3Small", "raw", (("include_preprocessing", True),)
+    ),
+    "mobilenet_v3_large": BackboneSpec(
+        "MobileNetV3Large", "raw", (("include_preprocessing", True),)
+    ),
+    **{f"efficientnet_b{i}": BackboneSpec(f"EfficientNetB{i}", "raw") for i in range(8)},
+    **{
+        f"efficientnet_v2_{v.lower()}": BackboneSpec(
+            f"EfficientNetV2{v}", "raw", (("include_preprocessing", True),)
+        )
+        for v in ("B0", "B1", "B2", "B3", "S", "M", "L")
+    },
+    **{
+        f"convnext_{v.lower()}": BackboneSpec(
+            f"ConvNeXt{v}", "raw", (("include_preprocessing", True),)
+        )
+        for v in ("Tiny", "Small", "Base", "Large", "XLarge")
+    },
+    "densenet121": BackboneSpec("DenseNet121", "torch"),
+    "densenet169": BackboneSpec("DenseNet169", "torch"),
+    "densenet201": BackboneSpec("DenseNet201", "torch"),
+}
+_CUSTOM: dict[str, BackboneSpec] = {
+    "small_cnn": BackboneSpec("small_cnn", "unit"),
+    "resnet_mini": BackboneSpec("resnet_mini", "unit"),
+}
+
+
+def known_backbones() -> list[str]:
+    return sorted({**_APPS, **_CUSTOM})
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    """The spec of ``name``, or a ValueError listing every known backbone."""
+    spec = _APPS.get(name) or _CUSTOM.get(name)
+    if spec is None:
+        raise ValueError(
+            f"backbone {name!r} is unknown; known backbones: {', '.join(known_backbones())}"
+        )
+    return spec
+
+
+def is_pretrainable(name: str) -> bool:
+    """Whether ``name`` comes from keras.applications (ImageNet weights exist for it)."""
+    backbone_spec(name)
+    return name in _APPS
+
+
+# --------------------------------------------------------------------------- building
+
+
+def preprocessing_layers(mode: str) -> list:
+    """float32 layers turning uint8 RGB into what a backbone expects (built-in layers only)."""
+    import keras
+
+    f32 = "float32"
+    if mode == "caffe":
+        return [keras.layers.Rescaling(1.0, dtype=f32, name="to_float"), _caffe_layer()]
+    if mode == "torch":
+        return [
+            keras.layers.Rescaling(1.0 / 255, dtype=f32, name="to_unit"),
+            keras.layers.Normalization(
+                mean=list(TORCH_MEAN),
+                variance=[s * s for s in TORCH_STD],
+                dtype=f32,
+                name="imagenet_norm",
+            ),
+        ]
+    if mode == "tf":
+        return [keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, dtype=f32, name="to_signed")]
+    if mode == "raw":
+        return [keras.layers.Rescaling(1.0, dtype=f32, name="to_float")]
+    if mode == "unit":
+        return [keras.layers.Rescaling(1.0 / 255, dtype=f32, name="to_unit")]
+    raise ValueError(f"preprocess mode {mode!r} is unknown")
+
+
+def _caffe_layer():
+    """RGB -> BGR minus the ImageNet mean as one frozen 1x1 convolution.
+
+    A permutation kernel (exact: products with 0 and 1) and the negated mean as bias: a
+    built-in layer, so a model loads with safe_mode=True without custom code.
+    """
+    import keras
+    import numpy as np
+
+    layer = keras.layers.Conv2D(3, 1, dtype="float32", trainable=False, name="caffe_bgr_mean")
+    layer.build((None, None, None, 3))
+    kernel = np.zeros((1, 1, 3, 3), dtype="float32")
+    for bgr, rgb in enumerate((2, 1, 0)):
+        kernel[0, 0, rgb, bgr] = 1.0
+    layer.set_weights([kernel, -np.asarray(CAFFE_MEAN_BGR, dtype="float32")])
+    return layer
+
+
+def _conv_bn(x, filters: int, kernel: int = 3, strides: int = 1, name: str = ""):
+    from keras import layers
+
+    x = layers.Conv2D(
+        filters, kernel, strides=strides, padding="same", use_bias=False, name=f"{name}_conv"
+    )(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def small_cnn(image_size: int, widths: tuple[int, ...] = (32, 64, 128, 256)):
+    """The plain baseline: conv-BN-ReLU blocks with max pooling, no shortcuts."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    x = inputs
+    for i, width in enumerate(widths):
+        x = _conv_bn(x, width, name=f"block{i + 1}a")
+        x = _conv_bn(x, width, name=f"block{i + 1}b") if i else x
+        x = layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x)
+    return keras.Model(inputs, x, name=BACKBONE_LAYER)
+
+
+def resnet_mini(
+    image_size: int,
+    widths: tuple[int, ...] = (32, 64, 128, 256),
+    blocks: tuple[int, ...] = (1, 1, 2, 1),
+):
+    """A small ResNet (basic blocks, BN, projection shortcuts) for from-scratch CPU training.
+
+    A stride-2 stem takes 64 px to 32 px at once: cell shape and granules survive it, and it
+    quarters the cost of every later block, which is what makes 64 px training fit a 2-core
+    budget. Each stage after the first halves the resolution.
+    """
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    x = _conv_bn(inputs, widths[0], kernel=3, strides=2, name="stem")
+    for stage, (width, count) in enumerate(zip(widths, blocks, strict=True)):
+        for block in range(count):
+            name = f"stage{stage + 1}_block{block + 1}"
+            strides = 2 if stage and block == 0 else 1
+            shortcut = x
+            if strides != 1 or x.shape[-1] != width:
+                shortcut = layers.Conv2D(
+                    width, 1, strides=strides, use_bias=False, name=f"{name}_proj"
+                )(x)
+                shortcut = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_proj_bn")(
+                    shortcut
+                )
+            y = _conv_bn(x, width, strides=strides, name=f"{name}_1")
+            y = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{name}_2_conv")(y)
+            y = layers.BatchNormalization(
+                momentum=BN_MOMENTUM, gamma_initializer="zeros", name=f"{name}_2_bn"
+            )(y)
+            x = layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([shortcut, y]))
+    return keras.Model(inputs, x, name=BACKBONE_LAYER)
+
+
+def _backbone(name: str, image_size: int, weights: str | None):
+    import keras
+
+    spec = backbone_spec(name)
+    if name in _CUSTOM:
+        model = {"small_cnn": small_cnn, "resnet_mini": resnet_mini}[name](image_size)
+        if weights:
+            model.load_weights(weights)
+        return model
+    if image_size < 32:
+        raise ValueError(f"backbone {name!r}: needs images of at least 32 px, got {image_size}")
+    constructor = getattr(keras.applications, spec.constructor)
+    return constructor(
+        include_top=False,
+        weights=weights,
+        input_shape=(image_size, image_size, 3),
+        name=BACKBONE_LAYER,
+        **dict(spec.kwargs),
+    )
+
+
+def resolve_weights(weights: str) -> str | None:
+    """``"imagenet"``, ``None`` for ``"none"``, or a local copy of a weights file (local/gs://)."""
+    if weights in ("none", "", None):
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    from components import storage
+
+    return str(storage.local_path(weights))
+
+
+def build_model(
+    backbone: str,
+    num_classes: int,
+    image_size: int,
+    weights: str = "none",
+    head: HeadConfig | None = None,
+    policy: str = "float32",
+    dense: list[int] | None = None,
+    dropout: float | None = None,
+):
+    """Raw uint8 images in, float32 class probabilities out.
+
+    ``weights``: ``"imagenet"`` (Keras downloads when online), a local or gs:// weights file
+    for the backbone, or ``"none"``. ``dense``/``dropout`` override ``head`` (for tuning).
+    """
+    spec = backbone_spec(backbone)  # an unknown name fails before keras loads
+    import keras
+    from keras import layers
+
+    from components import precision
+
+    if num_classes < 2:
+        raise ValueError(f"num_classes: need at least 2 classes, got {num_classes}")
+    if weights == "imagenet" and backbone in _CUSTOM:
+        raise ValueError(f"backbone {backbone!r} is trained from scratch; no imagenet weights")
+    head = head or HeadConfig()
+    dense = list(head.dense if dense is None else dense)
+    dropout = head.dropout if dropout is None else dropout
+    weights_path = resolve_weights(weights)
+
+    inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="images")
+    x = inputs
+    for layer in preprocessing_layers(spec.preprocess):
+        x = layer(x)
+    with precision.policy_scope(policy):
+        base = _backbone(backbone, image_size, weights_path)
+        x = base(x)
+        pool = layers.GlobalAveragePooling2D if head.pooling == "avg" else layers.GlobalMaxPooling2D
+        x = pool(name="pool")(x)
+        for i, units in enumerate(dense):
+            if dropout:
+                x = layers.Dropout(dropout, name=f"head_dropout{i + 1}")(x)
+            x = layers.Dense(units, activation="relu", name=f"head_dense{i + 1}")(x)
+        if dropout:
+            x = layers.Dropout(dropout, name="head_dropout_out")(x)
+        outputs = layers.Dense(
+            num_classes, activation="softmax", dtype="float32", name=OUTPUT_LAYER
+        )(x)
+    return keras.Model(inputs, outputs, name=f"hemaflow_{backbone}")
+
+
+def backbone_of(model):
+    """The nested backbone model inside a model from :func:`build_model`."""
+    try:
+        return model.get_layer(BACKBONE_LAYER)
+    except ValueError as exc:
+        raise ValueError(f"model {model.name!r} has no nested {BACKBONE_LAYER!r} model") from exc
+
+
+def set_trainable_layers(model, n_top: int) -> int:
+    """Freeze the backbone except its top ``n_top`` weighted layers; -1 unfreezes everything.
+
+    With ``n_top >= 0`` BatchNormalization layers stay frozen (inference mode), the usual
+    rule for fine-tuning pretrained nets on small data; with -1 (from scratch) they train.
+    Returns the number of trainable backbone layers. Recompile the model afterwards.
+    """
+    from keras import layers
+
+    base = backbone_of(model)
+    weighted = [layer for layer in base.layers if layer.weights]
+    if n_top < 0:
+        base.trainable = True
+        for layer in base.layers:
+            layer.trainable = True
+        return len(weighted)
+    base.trainable = n_top > 0
+    if not n_top:
+        return 0
+    top = {id(layer) for layer in weighted[-n_top:]}
+    count = 0
+    for layer in base.layers:
+        layer.trainable = id(layer) in top and not isinstance(layer, layers.BatchNormalization)
+        count += layer.trainable and bool(layer.weights)
+    return count

@@ -1,0 +1,43 @@
+"""``hemaflow compare``: a few epochs of one candidate backbone, scored on val and Bmk."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from pipeline.commands._common import add_config_options, config_from_args
+
+DESCRIPTION = """\
+Train one backbone for compare.epochs on a TFRecord folder from `hemaflow augment`: the
+head only (frozen backbone) with pretrained model.weights, the whole network from scratch
+without. Writes results.json (val and Bmk accuracy, parameters, training and inference
+images/s, dtype policy) and report.html to --out. Run it once per candidate (a pipeline
+runs them in parallel) and pick the best with compare.top_k and compare.criterion."""
+
+EXAMPLES = """\
+examples:
+  hemaflow compare runs/tfr --backbone resnet_mini --out runs/compare/resnet_mini --profile cpu
+  hemaflow compare runs/tfr --backbone resnet50 --out gs://bucket/compare/resnet50 --profile gpu"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "compare",
+        help="score one candidate backbone (a few epochs)",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("data_dir", metavar="DATA_DIR", help="a TFRecord folder")
+    parser.add_argument("--backbone", required=True, metavar="NAME", help="zoo backbone name")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    add_config_options(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from components.compare import RESULT_KEYS, compare_backbone
+
+    result = compare_backbone(args.data_dir, args.backbone, args.out, config_from_args(args))
+    print(json.dumps({k: result[k] for k in RESULT_KEYS}, indent=2))
+    return 0

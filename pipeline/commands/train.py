@@ -1,0 +1,48 @@
+"""``hemaflow train``: final training of one backbone, exported as a Model folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from pipeline.commands._common import add_config_options, config_from_args
+
+DESCRIPTION = """\
+Train one backbone on a TFRecord folder with the hyperparameters of --hparams (a
+best_hparams.json from `hemaflow tune`; the config's train.* and model.head without):
+a frozen warm-up of train.warmup_epochs, then fine-tuning of the top unfrozen layers at
+train.fine_tune_learning_rate (from scratch: the whole network at train.learning_rate),
+with early stopping on val accuracy. Every epoch is checkpointed in train.checkpoint_dir
+(default: a work folder beside --out): run the same command again after an interruption
+and it resumes at the last finished epoch. Exports model.keras, saved_model/,
+manifest.json, history.json, curves.png, metrics.json and report.html to --out."""
+
+EXAMPLES = """\
+examples:
+  hemaflow train runs/tfr --backbone resnet_mini --out runs/models/resnet_mini --profile cpu
+  hemaflow train runs/tfr --backbone resnet50 --hparams runs/tune/r50/best_hparams.json --out runs/models/r50"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train one backbone and export the model",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("data_dir", metavar="DATA_DIR", help="a TFRecord folder")
+    parser.add_argument("--backbone", required=True, metavar="NAME", help="zoo backbone name")
+    parser.add_argument("--hparams", metavar="FILE", help="best_hparams.json from `hemaflow tune`")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output Model folder")
+    add_config_options(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from components.train import train_backbone
+
+    config = config_from_args(args)
+    metrics = train_backbone(args.data_dir, args.backbone, args.hparams, args.out, config)
+    print(json.dumps(metrics, indent=2))
+    return 0

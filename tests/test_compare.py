@@ -1,0 +1,63 @@
+"""Backbone comparison on real images, and top-k selection."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from components import compare
+from components.config import load_config
+
+
+@pytest.mark.slow
+def test_compare_backbone_reports_every_key(pbc_tfrecords, tmp_path):
+    config = load_config("quickstart", overrides={"compare.epochs": 1, "model.batch_size": 32})
+    out = tmp_path / "small_cnn"
+    result = compare.compare_backbone(str(pbc_tfrecords), "small_cnn", str(out), config)
+    for key in compare.RESULT_KEYS:
+        assert key in result, key
+    assert result["backbone"] == "small_cnn"
+    assert 0.0 <= result["val_accuracy"] <= 1.0 and 0.0 <= result["bmk_accuracy"] <= 1.0
+    assert result["params"] > 10_000
+    assert result["train_images_per_s"] > 0 and result["infer_images_per_s"] > 0
+    assert result["precision"] in ("float32", "mixed_bfloat16")
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["val_accuracy"] == result["val_accuracy"]
+    assert (out / "report.html").exists()
+
+
+def test_compare_unknown_backbone_fails_before_writing(pbc_tfrecords, tmp_path):
+    config = load_config("quickstart")
+    with pytest.raises(ValueError, match="known backbones"):
+        compare.compare_backbone(str(pbc_tfrecords), "alexnet", str(tmp_path / "x"), config)
+    assert not (tmp_path / "x").exists()
+
+
+RESULTS = [
+    {"backbone": "a", "val_accuracy": 0.90, "bmk_accuracy": 0.70, "params": 10},
+    {"backbone": "b", "val_accuracy": 0.85, "bmk_accuracy": 0.85, "params": 20},
+    {"backbone": "c", "val_accuracy": 0.80, "bmk_accuracy": 0.60, "params": 5},
+    {"backbone": "d", "val_accuracy": 0.85, "bmk_accuracy": 0.85, "params": 8},
+]
+
+
+def test_select_top_k_by_each_criterion():
+    assert compare.select_top_k(RESULTS, 1, "val_accuracy") == ["a"]
+    # b and d tie on bmk: the smaller model wins.
+    assert compare.select_top_k(RESULTS, 2, "bmk_accuracy") == ["d", "b"]
+    assert compare.select_top_k(RESULTS, 3, "mean_accuracy") == ["d", "b", "a"]
+    assert compare.select_top_k(RESULTS, 4, "val_accuracy")[-1] == "c"
+
+
+def test_select_top_k_errors():
+    with pytest.raises(ValueError, match="only 4 candidate"):
+        compare.select_top_k(RESULTS, 5, "val_accuracy")
+    with pytest.raises(ValueError, match="criterion"):
+        compare.select_top_k(RESULTS, 1, "f1")
+    with pytest.raises(ValueError, match="at least 1"):
+        compare.select_top_k(RESULTS, 0, "val_accuracy")
+    no_bmk = [{"backbone": "a", "val_accuracy": 0.9, "bmk_accuracy": None}]
+    assert compare.select_top_k(no_bmk, 1, "mean_accuracy") == ["a"]
+    with pytest.raises(ValueError, match="bmk_accuracy"):
+        compare.select_top_k(no_bmk, 1, "bmk_accuracy")

@@ -1,0 +1,109 @@
+"""The model zoo: raw uint8 in, float32 probabilities out, preprocessing inside, freezing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from components import zoo
+from components.config import HeadConfig
+
+
+def _images(n: int, size: int) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def test_unknown_backbone_lists_the_known_ones():
+    with pytest.raises(ValueError, match="resnet_mini") as err:
+        zoo.build_model("resnet9000", 8, 32)
+    assert "efficientnet_b0" in str(err.value) and "resnet9000" in str(err.value)
+    names = zoo.known_backbones()
+    for name in (
+        "vgg16",
+        "resnet152_v2",
+        "mobilenet_v3_large",
+        "efficientnet_v2_s",
+        "convnext_tiny",
+        "densenet121",
+        "small_cnn",
+        "resnet_mini",
+    ):
+        assert name in names
+
+
+@pytest.mark.parametrize("backbone", ["small_cnn", "resnet_mini", "mobilenet_v3_small"])
+def test_models_map_uint8_images_to_probabilities(backbone):
+    model = zoo.build_model(backbone, 8, 32, head=HeadConfig(dense=[32, 16], dropout=0.2))
+    assert model.input.dtype == "uint8"
+    probs = np.asarray(model.predict_on_batch(_images(3, 32)))
+    assert probs.shape == (3, 8) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+    assert [layer.name for layer in model.layers if layer.name.startswith("head_dense")] == [
+        "head_dense1",
+        "head_dense2",
+    ]
+
+
+def test_softmax_stays_float32_under_bf16():
+    model = zoo.build_model("resnet_mini", 8, 32, policy="mixed_bfloat16")
+    assert zoo.backbone_of(model).layers[1].compute_dtype == "bfloat16"
+    assert model.get_layer(zoo.OUTPUT_LAYER).compute_dtype == "float32"
+    assert model.get_layer("to_unit").compute_dtype == "float32"
+    assert np.asarray(model.predict_on_batch(_images(2, 32))).dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("mode", "app"), [("caffe", "resnet50"), ("torch", "densenet"), ("tf", "mobilenet_v2")]
+)
+def test_preprocessing_matches_keras_applications(mode, app):
+    import keras
+
+    x = _images(2, 8)
+    out = x
+    for layer in zoo.preprocessing_layers(mode):
+        out = layer(out)
+    expected = getattr(keras.applications, app).preprocess_input(x.astype("float32"))
+    np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-4, atol=1e-3)
+
+
+def test_caffe_preprocessing_survives_a_safe_mode_round_trip(tmp_path):
+    import keras
+
+    inputs = keras.Input((8, 8, 3), dtype="uint8")
+    x = inputs
+    for layer in zoo.preprocessing_layers("caffe"):
+        x = layer(x)
+    model = keras.Model(inputs, keras.layers.Flatten()(x))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_allclose(
+        loaded.predict_on_batch(_images(1, 8)), model.predict_on_batch(_images(1, 8))
+    )
+
+
+def test_set_trainable_layers_freezes_and_unfreezes_the_top():
+    model = zoo.build_model("resnet_mini", 8, 32)
+    base = zoo.backbone_of(model)
+    assert zoo.set_trainable_layers(model, 0) == 0
+    assert not base.trainable_weights and model.trainable_weights  # the head still trains
+    assert zoo.set_trainable_layers(model, 3) >= 1
+    trainable = [layer for layer in base.layers if layer.trainable and layer.weights]
+    assert 1 <= len(trainable) <= 3
+    assert all(not type(layer).__name__.startswith("BatchNorm") for layer in trainable)
+    weighted = [layer for layer in base.layers if layer.weights]
+    assert trainable[-1] is weighted[-1] or type(weighted[-1]).__name__.startswith("BatchNorm")
+    assert zoo.set_trainable_layers(model, -1) == len(weighted)
+    assert all(layer.trainable for layer in base.layers)
+
+
+def test_weights_file_loads_into_the_backbone(tmp_path):
+    first = zoo.build_model("small_cnn", 8, 32)
+    path = tmp_path / "backbone.weights.h5"
+    zoo.backbone_of(first).save_weights(path)
+    second = zoo.build_model("small_cnn", 8, 32, weights=str(path))
+    for a, b in zip(zoo.backbone_of(first).weights, zoo.backbone_of(second).weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(OSError, match="no such file"):
+        zoo.build_model("small_cnn", 8, 32, weights=str(tmp_path / "missing.weights.h5"))
+    with pytest.raises(ValueError, match="from scratch"):
+        zoo.build_model("small_cnn", 8, 32, weights="imagenet")
