@@ -1,0 +1,36 @@
+"""``hemaflow submit``: a run on Kubeflow Pipelines or Vertex AI."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.commands._backend import add_backend_options, run_options
+from pipeline.commands._common import add_config_options, config_from_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "submit",
+        help="submit a run to Kubeflow Pipelines or Vertex AI",
+        description="Submit the pipeline (compiled file or compiled now from the profile) "
+        "with the profile's parameters; prints the run's id and URL. Backbones, k and the "
+        "pipeline root are checked before anything is sent.",
+    )
+    add_config_options(parser)
+    add_backend_options(parser)
+    parser.add_argument("--run-name", help="name of the run (default: generated)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.submit import submit
+
+    config = config_from_args(args, **{"data.source": args.data})
+    options = run_options(args)
+    options["run_name"] = args.run_name
+    result = submit(
+        config, args.backend, package=args.package, caching=not args.no_cache, **options
+    )
+    print(f"submitted to {result.backend}: {result.id}")
+    print(f"  {result.url}")
+    return 0

@@ -1,0 +1,220 @@
+"""Submit the pipeline to a Kubeflow Pipelines endpoint or to Vertex AI Pipelines.
+
+Both take a compiled IR file (from ``hemaflow compile``) or compile the Python definition on
+the spot, and the parameters that reproduce the config. Everything a user can get wrong is
+checked before anything is sent; a backend that cannot be reached or refuses the request
+raises :class:`SubmitError` naming the endpoint and the status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from components.config import Config
+from pipeline.resources import Target
+
+BACKENDS: tuple[str, ...] = ("kubeflow", "vertex")
+
+
+class SubmitError(RuntimeError):
+    """The backend could not be reached or refused the request."""
+
+
+@dataclass(frozen=True)
+class Submission:
+    backend: str
+    id: str
+    url: str
+
+
+def check_request(config: Config, backend: str, pipeline_root: str | None) -> None:
+    """Refuse a submission that could only fail remotely (bad backbones, k, pipeline root)."""
+    from pipeline import steps
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+    steps.validate_request(config, list(config.model.backbones), config.compare.top_k)
+    root = pipeline_root or config.pipeline.pipeline_root
+    if backend == "vertex" and not (root or "").startswith("gs://"):
+        raise ValueError(f"pipeline root: Vertex AI needs a gs:// pipeline root, got {root!r}")
+    if root and not root.startswith(("gs://", "minio://", "s3://")):
+        raise ValueError(f"pipeline root: {root!r} is not a gs://, s3:// or minio:// URI")
+
+
+def prepare_package(config: Config, target: Target, package: str | None, workdir: Path) -> Path:
+    """The compiled file to send: ``package`` after checking it is IR, else a fresh compile."""
+    from pipeline import compiler
+
+    if package:
+        compiler.load_ir(package)
+        return Path(package)
+    return compiler.compile_pipeline(config, workdir / "pipeline.yaml", target)
+
+
+def submit_kubeflow(
+    package: str | Path,
+    parameters: dict[str, Any],
+    host: str,
+    namespace: str = "kubeflow",
+    experiment: str = "hemaflow",
+    pipeline_root: str | None = None,
+    service_account: str | None = None,
+    run_name: str | None = None,
+    caching: bool = True,
+    existing_token: str | None = None,
+) -> Submission:
+    """Create a run on a Kubeflow Pipelines endpoint; returns its id and UI URL.
+
+    ``caching=False`` turns caching off for every task of this run; otherwise each task keeps
+    the setting it was compiled with (``pipeline.caching`` of the profile).
+    """
+    with kubeflow_errors(host):
+        client = kfp_client(host, namespace, existing_token)
+        result = client.create_run_from_pipeline_package(
+            str(package),
+            arguments=parameters,
+            run_name=run_name,
+            experiment_name=experiment,
+            namespace=namespace,
+            pipeline_root=pipeline_root or None,
+            enable_caching=None if caching else False,
+            service_account=service_account or None,
+        )
+    run_id = result.run_id
+    return Submission("kubeflow", run_id, f"{host.rstrip('/')}/#/runs/details/{run_id}")
+
+
+def kfp_client(host: str, namespace: str, existing_token: str | None = None) -> Any:
+    """A kfp.Client for ``host`` (in-cluster it picks up the projected service account token)."""
+    import kfp
+
+    with warnings.catch_warnings():
+        # kfp warns on every client that it needs a v2 backend; hemaflow only targets v2.
+        warnings.filterwarnings("ignore", category=FutureWarning, module="kfp")
+        return kfp.Client(host=host, namespace=namespace, existing_token=existing_token)
+
+
+@contextlib.contextmanager
+def kubeflow_errors(host: str) -> Iterator[None]:
+    """Turn kfp client failures into a :class:`SubmitError` naming the endpoint."""
+    import urllib3
+    from kfp_server_api.exceptions import ApiException
+
+    try:
+        yield
+    except ApiException as exc:
+        body = exc.body.strip() if isinstance(exc.body, str) else ""
+        raise SubmitError(
+            f"{host}: Kubeflow Pipelines refused the request (HTTP {exc.status} {exc.reason})"
+            + (f": {body[:300]}" if body else "")
+        ) from exc
+    except (urllib3.exceptions.HTTPError, ConnectionError) as exc:
+        raise SubmitError(
+            f"{host}: Kubeflow Pipelines endpoint not reachable ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def vertex_job(
+    package: str | Path,
+    parameters: dict[str, Any],
+    project: str,
+    region: str,
+    pipeline_root: str,
+    run_name: str | None = None,
+    caching: bool = True,
+    labels: dict[str, str] | None = None,
+    credentials: Any = None,
+) -> Any:
+    """An ``aiplatform.PipelineJob`` for the compiled file (not yet submitted)."""
+    try:
+        from google.cloud import aiplatform
+    except ImportError as exc:  # pragma: no cover - depends on the optional extra
+        raise RuntimeError(
+            "Vertex AI needs google-cloud-aiplatform: pip install 'hemaflow[vertex]'"
+        ) from exc
+    return aiplatform.PipelineJob(
+        display_name=run_name or "hemaflow",
+        template_path=str(package),
+        job_id=run_name or None,
+        pipeline_root=pipeline_root,
+        parameter_values=parameters,
+        enable_caching=None if caching else False,
+        labels=labels or {"app": "hemaflow"},
+        credentials=credentials,
+        project=project,
+        location=region,
+    )
+
+
+def submit_vertex(
+    package: str | Path,
+    parameters: dict[str, Any],
+    project: str,
+    region: str,
+    pipeline_root: str,
+    service_account: str | None = None,
+    network: str | None = None,
+    run_name: str | None = None,
+    caching: bool = True,
+    labels: dict[str, str] | None = None,
+    credentials: Any = None,
+) -> Submission:
+    """Submit a Vertex AI PipelineJob; returns its resource name and console URL."""
+    job = vertex_job(
+        package, parameters, project, region, pipeline_root, run_name, caching, labels, credentials
+    )
+    with vertex_errors(f"Vertex AI ({project}/{region})"):
+        job.submit(service_account=service_account or None, network=network or None)
+    name = job.resource_name
+    job_id = name.rsplit("/", 1)[-1]
+    url = (
+        f"https://console.cloud.google.com/vertex-ai/locations/{region}/pipelines/runs/"
+        f"{job_id}?project={project}"
+    )
+    return Submission("vertex", name, url)
+
+
+@contextlib.contextmanager
+def vertex_errors(where: str) -> Iterator[None]:
+    """Turn Google API failures into a :class:`SubmitError` naming the backend."""
+    from google.api_core import exceptions as gexc
+    from google.auth import exceptions as auth_exc
+
+    try:
+        yield
+    except gexc.GoogleAPICallError as exc:
+        raise SubmitError(f"{where}: request refused ({exc.code}: {exc.message})") from exc
+    except (gexc.RetryError, auth_exc.GoogleAuthError) as exc:
+        raise SubmitError(f"{where}: not reachable or not authorised ({exc})") from exc
+
+
+def submit(
+    config: Config,
+    backend: str,
+    package: str | None = None,
+    caching: bool = True,
+    **options: Any,
+) -> Submission:
+    """Check, compile (unless ``package``) and submit ``config``'s pipeline to ``backend``."""
+    from pipeline import dag
+
+    check_request(config, backend, options.get("pipeline_root"))
+    parameters = dag.parameters(config)
+    target: Target = "vertex" if backend == "vertex" else "kubeflow"
+    with tempfile.TemporaryDirectory(prefix="hemaflow-submit-") as tmp:
+        path = prepare_package(config, target, package, Path(tmp))
+        if backend == "vertex":
+            return submit_vertex(
+                path,
+                parameters,
+                caching=caching,
+                pipeline_root=options.pop("pipeline_root", None) or config.pipeline.pipeline_root,
+                **options,
+            )
+        return submit_kubeflow(path, parameters, caching=caching, **options)

@@ -1,0 +1,420 @@
+"""Submission and schedules, up to the request each backend would receive.
+
+Kubeflow: kfp.Client talks to a local HTTP server that records every request. Vertex: the
+aiplatform SDK builds its real request objects; the GAPIC client call that would send them
+is intercepted. No network, no cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import yaml
+
+from components.config import ConfigError, load_config
+from pipeline import compiler, dag, schedule
+from pipeline.cli import main
+from pipeline.submit import SubmitError, submit
+
+QUICK = {"pipeline.pipeline_root": "gs://bucket/root"}
+
+
+class Recorder:
+    """A fake KFP v2beta1 API: records requests, answers like the real one, or fails."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.fail_status = 0
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _handle(self) -> None:
+                size = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(size) if size else b""
+                recorder.requests.append(
+                    {
+                        "method": self.command,
+                        "path": self.path,
+                        "body": json.loads(body) if body else None,
+                    }
+                )
+                status, answer = recorder.answer(self.command, self.path)
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_DELETE = _handle
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def answer(self, method: str, path: str) -> tuple[int, dict]:
+        if self.fail_status and "healthz" not in path:
+            return self.fail_status, {"error": "denied by test", "code": 7}
+        if path.startswith("/apis/v2beta1/experiments") and method == "POST":
+            return 200, {"experiment_id": "exp-1", "display_name": "hemaflow"}
+        if path.startswith("/apis/v2beta1/runs") and method == "POST":
+            return 200, {"run_id": "run-123", "display_name": "r1"}
+        if path.startswith("/apis/v2beta1/recurringruns") and method == "POST":
+            return 200, {"recurring_run_id": "rr-1", "display_name": "nightly"}
+        if path.startswith("/apis/v2beta1/recurringruns") and method == "GET":
+            return 200, {
+                "recurringRuns": [
+                    {
+                        "recurring_run_id": "rr-1",
+                        "display_name": "nightly",
+                        "trigger": {"cron_schedule": {"cron": "0 0 3 * * 1"}},
+                    }
+                ]
+            }
+        return 200, {}
+
+    def posts(self, prefix: str) -> list[dict]:
+        return [r for r in self.requests if r["method"] == "POST" and r["path"].startswith(prefix)]
+
+
+@pytest.fixture
+def kfp_server():
+    recorder = Recorder()
+    yield recorder
+    recorder.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pkg") / "quickstart.yaml"
+    return compiler.compile_pipeline(load_config("quickstart"), path)
+
+
+def test_kubeflow_run_request_carries_spec_and_parameters(kfp_server, package):
+    config = load_config("quickstart", overrides={"train.epochs": 3, "seed": 7})
+    result = submit(
+        config,
+        "kubeflow",
+        package=str(package),
+        caching=False,
+        host=kfp_server.host,
+        namespace="team-a",
+        experiment="hemaflow",
+        run_name="r1",
+        pipeline_root="gs://bucket/root",
+        service_account="runner@p.iam.gserviceaccount.com",
+    )
+    assert result.id == "run-123"
+    assert result.url == f"{kfp_server.host}/#/runs/details/run-123"
+    (run,) = kfp_server.posts("/apis/v2beta1/runs")
+    body = run["body"]
+    assert body["display_name"] == "r1"
+    assert body["experiment_id"] == "exp-1"
+    assert body["service_account"] == "runner@p.iam.gserviceaccount.com"
+    assert body["pipeline_spec"]["pipelineInfo"]["name"] == "hemaflow"
+    compiled = yaml.safe_load(package.read_text())
+    for key in ("pipelineInfo", "deploymentSpec", "components", "schemaVersion"):
+        assert body["pipeline_spec"][key] == compiled[key], key
+    params = body["runtime_config"]["parameters"]
+    assert params["epochs"] == 3 and params["seed"] == 7
+    assert params["backbones"] == list(config.model.backbones)
+    assert json.loads(params["overrides"]) == {"seed": 7, "train.epochs": 3}
+    assert body["runtime_config"]["pipeline_root"] == "gs://bucket/root"
+    # caching off for this run: every task of the submitted spec says so
+    tasks = body["pipeline_spec"]["root"]["dag"]["tasks"]
+    assert tasks["ingest"]["cachingOptions"] == {}
+    (exp,) = kfp_server.posts("/apis/v2beta1/experiments")
+    assert exp["body"] == {"display_name": "hemaflow", "namespace": "team-a"}
+
+
+def test_kubeflow_submit_from_python_definition_via_cli(kfp_server, capsys):
+    code = main(
+        [
+            "submit",
+            "--host",
+            kfp_server.host,
+            "--run-name",
+            "cli-run",
+            "--set",
+            "compare.top_k=1",
+            "--data",
+            "bloodmnist:64",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "run-123" in out and "/#/runs/details/run-123" in out
+    (run,) = kfp_server.posts("/apis/v2beta1/runs")
+    params = run["body"]["runtime_config"]["parameters"]
+    assert params["k"] == 1 and params["source"] == "bloodmnist:64"
+    # caching not turned off for this run: the compiled per-task setting stands
+    tasks = run["body"]["pipeline_spec"]["root"]["dag"]["tasks"]
+    assert tasks["ingest"]["cachingOptions"] == {"enableCache": True}
+
+
+@pytest.mark.parametrize("status", [403, 500])
+def test_kubeflow_refusal_is_a_clear_error(kfp_server, package, status):
+    kfp_server.fail_status = status
+    with pytest.raises(SubmitError, match=rf"{kfp_server.host}: .*refused.*HTTP {status}"):
+        submit(load_config("quickstart"), "kubeflow", package=str(package), host=kfp_server.host)
+
+
+def test_unreachable_endpoint_is_a_clear_error(package, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    host = f"http://127.0.0.1:{port}"
+    code = main(["submit", "--host", host, "--package", str(package)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"{host}: Kubeflow Pipelines endpoint not reachable" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "compare.top_k=3"], "cannot select the top 3 of 2"),
+        (["--set", "model.backbones=[small_cnn, no_such_net]"], "unknown backbone"),
+        (["--pipeline-root", "/local/dir"], "not a gs://"),
+        (["--backend", "vertex", "--project", "p", "--region", "r"], "gs:// pipeline root"),
+        (["--backend", "vertex"], "--project and --region required"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_is_sent(kfp_server, capsys, args, message):
+    assert main(["submit", "--host", kfp_server.host, *args]) == 1
+    assert message in capsys.readouterr().err
+    assert kfp_server.requests == []
+
+
+def test_unknown_profile_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["submit", "--profile", "laptop", "--host", "http://127.0.0.1:9"])
+    assert "invalid choice: 'laptop'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- Vertex
+
+
+@pytest.fixture
+def vertex(monkeypatch):
+    """Intercept the GAPIC calls; keep the real request objects the SDK builds."""
+    from google.api_core import exceptions as gexc
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import aiplatform_v1, aiplatform_v1beta1
+    from google.cloud.aiplatform.utils import gcs_utils
+
+    sent: dict[str, Any] = {"requests": [], "error": None}
+
+    def create_pipeline_job(self, request=None, *, parent=None, pipeline_job=None,
+                            pipeline_job_id=None, **kwargs):  # fmt: skip
+        module = aiplatform_v1beta1 if "v1beta1" in type(self).__module__ else aiplatform_v1
+        req = request or module.CreatePipelineJobRequest(
+            parent=parent, pipeline_job=pipeline_job, pipeline_job_id=pipeline_job_id
+        )
+        sent["requests"].append(req)
+        if sent["error"]:
+            raise sent["error"]
+        job = type(req.pipeline_job)(req.pipeline_job)
+        job.name = f"{req.parent}/pipelineJobs/{req.pipeline_job_id or 'generated'}"
+        return job
+
+    def create_schedule(self, request=None, *, parent=None, schedule=None, **kwargs):
+        module = aiplatform_v1beta1 if "v1beta1" in type(self).__module__ else aiplatform_v1
+        req = request or module.CreateScheduleRequest(parent=parent, schedule=schedule)
+        sent["requests"].append(req)
+        made = type(req.schedule)(req.schedule)
+        made.name = f"{req.parent}/schedules/42"
+        return made
+
+    for module in (aiplatform_v1, aiplatform_v1beta1):
+        monkeypatch.setattr(
+            module.PipelineServiceClient, "create_pipeline_job", create_pipeline_job
+        )
+        monkeypatch.setattr(module.ScheduleServiceClient, "create_schedule", create_schedule)
+    # PipelineJob.submit first makes sure the pipeline root's bucket exists (a GCS call).
+    monkeypatch.setattr(
+        gcs_utils,
+        "create_gcs_bucket_for_pipeline_artifacts_if_it_does_not_exist",
+        lambda output_artifacts_gcs_dir=None, **kwargs: sent["buckets"].append(
+            output_artifacts_gcs_dir
+        ),
+    )
+    sent["buckets"] = []
+    sent["credentials"] = AnonymousCredentials()
+    sent["exceptions"] = gexc
+    return sent
+
+
+@pytest.fixture(scope="module")
+def vertex_package(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vpkg") / "quickstart-vertex.yaml"
+    return compiler.compile_pipeline(load_config("quickstart"), path, "vertex")
+
+
+def test_vertex_job_request_carries_spec_and_parameters(vertex, vertex_package):
+    config = load_config("quickstart", overrides={"tune.max_trials": 5})
+    result = submit(
+        config,
+        "vertex",
+        package=str(vertex_package),
+        project="my-proj",
+        region="europe-west4",
+        pipeline_root="gs://bucket/root",
+        service_account="runner@my-proj.iam.gserviceaccount.com",
+        network="projects/123/global/networks/vpc",
+        run_name="hemaflow-r1",
+        credentials=vertex["credentials"],
+    )
+    (req,) = vertex["requests"]
+    assert req.parent == "projects/my-proj/locations/europe-west4"
+    assert req.pipeline_job_id == "hemaflow-r1"
+    job = req.pipeline_job
+    assert job.service_account == "runner@my-proj.iam.gserviceaccount.com"
+    assert job.network == "projects/123/global/networks/vpc"
+    spec = type(job).to_dict(job)["pipeline_spec"]
+    assert spec["root"] == yaml.safe_load(vertex_package.read_text())["root"]
+    rc = job.runtime_config
+    assert rc.gcs_output_directory == "gs://bucket/root"
+    values = type(rc).to_dict(rc)["parameter_values"]
+    assert values["trials"] == 5
+    assert values["backbones"] == list(config.model.backbones)
+    assert values == json.loads(json.dumps(dag.parameters(config)))
+    assert vertex["buckets"] == ["gs://bucket/root"]
+    assert result.id.endswith("/pipelineJobs/hemaflow-r1")
+    assert "console.cloud.google.com" in result.url and "my-proj" in result.url
+
+
+def test_vertex_refusal_is_a_clear_error(vertex, vertex_package):
+    vertex["error"] = vertex["exceptions"].PermissionDenied("caller lacks aiplatform.user")
+    with pytest.raises(SubmitError, match=r"Vertex AI \(my-proj/us-central1\): request refused"):
+        submit(
+            load_config("quickstart"),
+            "vertex",
+            package=str(vertex_package),
+            project="my-proj",
+            region="us-central1",
+            pipeline_root="gs://bucket/root",
+            credentials=vertex["credentials"],
+        )
+
+
+def test_vertex_schedule_request(vertex, vertex_package):
+    made = schedule.create(
+        load_config("quickstart"),
+        "vertex",
+        "0 0 3 * * 1",
+        "weekly",
+        package=str(vertex_package),
+        project="my-proj",
+        region="us-central1",
+        pipeline_root="gs://bucket/root",
+        credentials=vertex["credentials"],
+    )
+    (req,) = vertex["requests"]
+    assert req.schedule.cron == "0 3 * * 1"
+    assert req.schedule.display_name == "weekly"
+    assert req.schedule.create_pipeline_job_request.pipeline_job.runtime_config
+    assert made.id.endswith("/schedules/42") and made.cron == "0 3 * * 1"
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def test_kubeflow_schedule_create_list_delete(kfp_server, package, capsys):
+    code = main(
+        ["schedule", "create", "--host", kfp_server.host, "--cron", "0 3 * * MON",
+         "--name", "nightly", "--package", str(package)]
+    )  # fmt: skip
+    assert code == 0
+    (rr,) = kfp_server.posts("/apis/v2beta1/recurringruns")
+    body = rr["body"]
+    assert body["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * MON"
+    assert body["display_name"] == "nightly"
+    assert body["runtime_config"]["parameters"]["profile"] == "quickstart"
+    assert body["pipeline_spec"]["pipelineInfo"]["name"] == "hemaflow"
+    assert main(["schedule", "list", "--host", kfp_server.host]) == 0
+    assert "rr-1\tnightly\t0 0 3 * * 1" in capsys.readouterr().out
+    assert main(["schedule", "delete", "rr-1", "--host", kfp_server.host]) == 0
+    assert kfp_server.requests[-1]["method"] == "DELETE"
+    assert kfp_server.requests[-1]["path"].endswith("/recurringruns/rr-1")
+
+
+@pytest.mark.parametrize(
+    ("expr", "kubeflow", "vertex"),
+    [
+        ("0 3 * * 1", "0 0 3 * * 1", "0 3 * * 1"),
+        ("30 0 3 * * *", "30 0 3 * * *", None),
+        ("*/15 * * * *", "0 */15 * * * *", "*/15 * * * *"),
+        ("0 0 1-5 JAN,JUL ?", "0 0 0 1-5 JAN,JUL ?", "0 0 1-5 JAN,JUL ?"),
+        ("@daily", "0 0 0 * * *", "0 0 * * *"),
+        ("TZ=Europe/Berlin 0 3 * * *", None, "TZ=Europe/Berlin 0 3 * * *"),
+    ],
+)
+def test_cron_dialects(expr, kubeflow, vertex):
+    for convert, expected in ((schedule.kubeflow_cron, kubeflow), (schedule.vertex_cron, vertex)):
+        if expected is None:
+            with pytest.raises(schedule.CronError):
+                convert(expr)
+        else:
+            assert convert(expr) == expected
+
+
+@pytest.mark.parametrize(
+    ("expr", "message"),
+    [
+        ("0 3 * *", "expected 5 fields"),
+        ("61 3 * * *", "minute 61 is outside 0-59"),
+        ("0 24 * * *", "hour 24 is outside 0-23"),
+        ("0 3 0 * *", "day of month 0 is outside 1-31"),
+        ("0 3 * 13 *", "month 13 is outside 1-12"),
+        ("0 3 * * 9", "day of week 9"),
+        ("0 3 * * x", "'x' is not a number"),
+        ("0 5-3 * * *", "runs backwards"),
+        ("*/0 * * * *", "bad step"),
+        ("0 ? * * *", "only allowed in the day fields"),
+    ],
+)
+def test_malformed_cron_is_refused_before_submission(kfp_server, package, capsys, expr, message):
+    code = main(
+        ["schedule", "create", "--host", kfp_server.host, "--cron", expr,
+         "--package", str(package)]
+    )  # fmt: skip
+    assert code == 1
+    assert message in capsys.readouterr().err
+    assert kfp_server.requests == []
+
+
+def test_merge_and_validate_parameters():
+    from pipeline import steps
+
+    merged = steps.merge_overrides('{"train.epochs": 9}', epochs=0, trials=3, seed=None)
+    assert merged == {"train.epochs": 9, "tune.max_trials": 3}
+    with pytest.raises(ConfigError, match="overrides: not valid JSON"):
+        steps.merge_overrides("{oops")
+    with pytest.raises(ConfigError, match="listed more than once"):
+        steps.validate_request(load_config(), ["small_cnn", "small_cnn"], 1)
+    overrides = json.loads(steps.configure("quickstart", "{}", k=1, epochs=3, backbones=None))
+    assert overrides == {"compare.top_k": 1, "train.epochs": 3}
+
+
+def test_config_overrides_rebuild_the_config(tmp_path):
+    from pipeline import steps
+
+    user = tmp_path / "mine.yaml"
+    user.write_text("profile: cpu\ntrain: {epochs: 3}\nmodel: {head: {dense: [32, 16]}}\n")
+    config = load_config(path=user, overrides={"evaluate.max_images": 100})
+    diff = steps.config_overrides(config)
+    assert diff == {
+        "evaluate.max_images": 100,
+        "model.head.dense": [32, 16],
+        "train.epochs": 3,
+    }
+    assert steps.load("cpu", json.dumps(diff)) == config
