@@ -422,8 +422,14 @@ def load_config(
 
 
 def from_dict(raw: dict[str, Any], origin: str = "<dict>") -> Config:
-    """Build and validate a :class:`Config`, raising one error that lists every problem."""
+    """Build and validate a :class:`Config`, raising one error that lists every problem.
+
+    ``raw`` is laid over the defaults as a whole tree, so overriding one key of a nested
+    section (``augment.policy.blur.p``) keeps its siblings' defaults from the enclosing section.
+    """
     errors: list[str] = []
+    if isinstance(raw, dict):
+        raw = _deep_merge(dataclasses.asdict(Config()), raw)
     config = _build(Config, raw, "", errors)
     if not errors:
         _validate_tree(config, "", errors)

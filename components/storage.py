@@ -102,6 +102,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -136,6 +137,9 @@ def artifact_dir(final: str | os.PathLike) -> Iterator[Path]:
     final_path = Path(final_str).expanduser().resolve()
     final_path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final_path.name}.staging-", dir=final_path.parent))
+    # mkdtemp makes the folder private (0700); a published artifact gets the usual permissions,
+    # so that other users and containers running as another user can read it.
+    staging.chmod(0o777 & ~_umask())
     try:
         yield staging
         (staging / COMPLETE_MARKER).write_text("")
@@ -143,6 +147,12 @@ def artifact_dir(final: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def _swap_in(staging: Path, final: Path) -> None:

@@ -73,3 +73,11 @@ def test_parse_override_reads_yaml_values():
     assert cfg.parse_override("model.backbones=[a, b]") == ("model.backbones", ["a", "b"])
     with pytest.raises(cfg.ConfigError, match="expected KEY=VALUE"):
         cfg.parse_override("train.epochs")
+
+
+def test_overriding_one_nested_key_keeps_its_siblings():
+    base = cfg.load_config("quickstart")
+    changed = cfg.load_config("quickstart", overrides={"augment.policy.blur.p": 0.9})
+    assert changed.augment.policy.blur.p == 0.9
+    assert changed.augment.policy.blur.strength == base.augment.policy.blur.strength
+    assert changed.augment.bmk_policy == base.augment.bmk_policy
