@@ -31,7 +31,6 @@ def build_pipeline(config: Config, target: Target = "kubeflow") -> Any:
     from kfp import dsl
     from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model
 
-    from pipeline import steps
     from pipeline.components import make_components
 
     ops = make_components(config.pipeline.image)
@@ -49,17 +48,7 @@ def build_pipeline(config: Config, target: Target = "kubeflow") -> Any:
         report: HTML
         evaluation: Artifact
 
-    defaults = {
-        "source": config.data.source,
-        "profile": config.profile,
-        "backbones": list(config.model.backbones),
-        "k": config.compare.top_k,
-        "epochs": config.train.epochs,
-        "trials": config.tune.max_trials,
-        "seed": config.seed,
-        "weights": config.model.weights,
-        "overrides": json.dumps(steps.config_overrides(config), sort_keys=True),
-    }
+    defaults = parameters(config)
 
     @dsl.pipeline(name="select-and-train")
     def select_and_train(
