@@ -1,0 +1,352 @@
+"""Stage 6, ensemble: weighted probability averaging fitted on val, then temperature scaling.
+
+Members are loaded with safe_mode and scored once on the val split. Member weights are
+``softmax(theta)`` with ``theta`` fitted to minimise val log-loss (started from uniform and
+from each member, and never worse than the best member alone); a temperature is then fitted to
+minimise val NLL. The exported model holds the members, a :class:`WeightedAverage` and a
+``TemperatureScaling`` layer; it takes raw uint8 images of any size (resized to the
+working size by :class:`ResizeImages`) and returns calibrated probabilities.
+
+The layers are defined by :func:`register_layers` so importing this module stays light.
+Weights and temperature are fitted and reported on the same val split, so the reported
+ensemble val numbers are in-sample; evaluate on test for an honest estimate.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components import metrics, storage
+from components.config import Config
+from components.progress import log
+
+EPS = 1e-7
+T_BOUNDS = (0.05, 20.0)
+
+
+# --------------------------------------------------------------------------- layers
+
+_REGISTERED: dict[str, type] = {}
+
+
+def register_layers() -> dict[str, type]:
+    """Define and register the ensemble's layers (idempotent; keeps keras out of import time)."""
+    if _REGISTERED:
+        return _REGISTERED
+    import keras
+
+    @keras.saving.register_keras_serializable(package="hemaflow")
+    class ResizeImages(keras.layers.Layer):
+        """Resize uint8 images of any size to ``size`` x ``size`` and return uint8 again.
+
+        At the working size the resize is exact, so members see the pixels they were trained on.
+        """
+
+        def __init__(self, size: int, **kwargs):
+            super().__init__(**kwargs)
+            self.size = int(size)
+
+        def call(self, images):
+            ops = keras.ops
+            resized = ops.image.resize(
+                ops.cast(images, "float32"), (self.size, self.size), antialias=True
+            )
+            return ops.cast(ops.clip(ops.round(resized), 0, 255), "uint8")
+
+        def compute_output_shape(self, input_shape):
+            return (input_shape[0], self.size, self.size, input_shape[-1])
+
+        def compute_output_spec(self, images):
+            shape = (images.shape[0], self.size, self.size, images.shape[-1])
+            return keras.KerasTensor(shape, dtype="uint8")
+
+        def get_config(self):
+            return {**super().get_config(), "size": self.size}
+
+    @keras.saving.register_keras_serializable(package="hemaflow")
+    class WeightedAverage(keras.layers.Layer):
+        """A fixed weighted average of member probability tensors (weights fitted offline)."""
+
+        def __init__(self, weights: list[float], **kwargs):
+            super().__init__(**kwargs)
+            self.member_weights = [float(w) for w in weights]
+
+        def call(self, inputs):
+            ops = keras.ops
+            if len(inputs) != len(self.member_weights):
+                raise ValueError(
+                    f"{self.name}: {len(inputs)} inputs but {len(self.member_weights)} weights"
+                )
+            total = None
+            for weight, probs in zip(self.member_weights, inputs, strict=True):
+                term = ops.cast(probs, "float32") * weight
+                total = term if total is None else total + term
+            return total
+
+        def compute_output_shape(self, input_shape):
+            return input_shape[0]
+
+        def get_config(self):
+            return {**super().get_config(), "weights": self.member_weights}
+
+    @keras.saving.register_keras_serializable(package="hemaflow")
+    class TemperatureScaling(keras.layers.Layer):
+        """Probabilities -> softmax(log(p) / T): T > 1 softens over-confident outputs."""
+
+        def __init__(self, temperature: float = 1.0, **kwargs):
+            super().__init__(**kwargs)
+            if temperature <= 0:
+                raise ValueError(f"{self.name}: temperature must be positive, got {temperature}")
+            self.temperature = float(temperature)
+
+        def call(self, probs):
+            ops = keras.ops
+            logits = ops.log(ops.clip(ops.cast(probs, "float32"), EPS, 1.0))
+            return ops.softmax(logits / self.temperature, axis=-1)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return {**super().get_config(), "temperature": self.temperature}
+
+    _REGISTERED.update(
+        ResizeImages=ResizeImages,
+        WeightedAverage=WeightedAverage,
+        TemperatureScaling=TemperatureScaling,
+    )
+    return _REGISTERED
+
+
+# modelio imports this module to register the layers before a safe load.
+if "keras" in sys.modules:
+    register_layers()
+
+
+# --------------------------------------------------------------------------- fitting (pure)
+
+
+def combine(member_probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted average of ``member_probs`` [M, N, C] with ``weights`` [M]."""
+    return np.tensordot(np.asarray(weights, np.float64), member_probs, axes=1)
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """What :class:`TemperatureScaling` computes, in numpy (float64)."""
+    logits = np.log(np.clip(probs, EPS, 1.0)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    exp = np.exp(logits)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def _softmax(theta: np.ndarray) -> np.ndarray:
+    z = np.exp(theta - theta.max())
+    return z / z.sum()
+
+
+def fit_weights(member_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Simplex weights minimising the log-loss of the averaged probabilities.
+
+    Optimises softmax-parameterised weights from several starts (uniform and each member) and
+    keeps the best candidate, the members alone included, so the result is never worse than
+    the best single member on the fitting data.
+    """
+    from scipy.optimize import minimize
+
+    member_probs = np.asarray(member_probs, np.float64)
+    count = member_probs.shape[0]
+    if count == 1:
+        return np.ones(1)
+
+    def loss(weights: np.ndarray) -> float:
+        return metrics.log_loss(combine(member_probs, weights), labels)
+
+    candidates = [np.eye(count)[m] for m in range(count)]
+    starts = [np.zeros(count)] + [np.eye(count)[m] * 2.0 for m in range(count)]
+    for start in starts:
+        result = minimize(lambda t: loss(_softmax(t)), start, method="L-BFGS-B")
+        candidates.append(_softmax(result.x))
+    return min(candidates, key=loss)
+
+
+def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature minimising NLL (1.0 kept unless another is strictly better)."""
+    from scipy.optimize import minimize_scalar
+
+    def nll(log_t: float) -> float:
+        return metrics.log_loss(apply_temperature(probs, float(np.exp(log_t))), labels)
+
+    result = minimize_scalar(nll, bounds=tuple(np.log(T_BOUNDS)), method="bounded")
+    best = float(np.exp(result.x))
+    return best if nll(result.x) < nll(0.0) else 1.0
+
+
+def score(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """The per-model numbers the ensemble report compares."""
+    pred = probs.argmax(axis=1)
+    return {
+        "val_accuracy": metrics.accuracy(labels, pred),
+        "val_balanced_accuracy": metrics.balanced_accuracy(labels, pred, probs.shape[1]),
+        "val_log_loss": metrics.log_loss(probs, labels),
+        "val_ece": metrics.expected_calibration_error(probs, labels),
+    }
+
+
+# --------------------------------------------------------------------------- model
+
+
+def build_ensemble_model(members: list, image_size: int, weights: list[float], temperature: float):
+    """One Keras model: any-size uint8 -> resize -> members -> weighted mean -> temperature."""
+    import keras
+
+    layers = register_layers()
+    inputs = keras.Input((None, None, 3), dtype="uint8", name="images")
+    resized = layers["ResizeImages"](image_size, name="resize", dtype="float32")(inputs)
+    outputs = []
+    for i, member in enumerate(members):
+        member.name = f"member_{i}_{member.name}"
+        outputs.append(member(resized))
+    mixed = layers["WeightedAverage"](weights, name="weighted_average", dtype="float32")(outputs)
+    calibrated = layers["TemperatureScaling"](temperature, name="temperature", dtype="float32")(
+        mixed
+    )
+    return keras.Model(inputs, calibrated, name="hemaflow_ensemble")
+
+
+def _check_members(manifests: list[dict], member_dirs: list[str], class_names, size) -> None:
+    for path, manifest in zip(member_dirs, manifests, strict=True):
+        if list(manifest["class_names"]) != list(class_names):
+            raise ValueError(
+                f"{path}: member classes {manifest['class_names']} differ from the data's "
+                f"{list(class_names)}"
+            )
+        if int(manifest["image_size"]) != int(size):
+            raise ValueError(
+                f"{path}: member works at {manifest['image_size']} px but the data is {size} px"
+            )
+
+
+def build_ensemble(
+    data_dir: str, member_dirs: list[str], out_dir: str, config: Config
+) -> dict[str, Any]:
+    """Fit weights and temperature on val, export the ensemble Model folder to ``out_dir``."""
+    from components import export, inference, modelio, report
+
+    if not member_dirs:
+        raise ValueError("ensemble: name at least one member model folder")
+    val = inference.read_split(data_dir, "val")
+    manifests = [modelio.read_model_manifest(p) for p in member_dirs]
+    _check_members(manifests, member_dirs, val.class_names, val.image_size)
+    members = [modelio.load_model(p) for p in member_dirs]
+
+    batch = config.evaluate.batch_size
+    member_probs = np.stack(
+        [inference.predict_arrays(m, val.images, batch).astype(np.float64) for m in members]
+    )
+    labels = val.labels
+    count = len(members)
+    weights = fit_weights(member_probs, labels) if config.ensemble.fit_weights else None
+    weights = np.full(count, 1.0 / count) if weights is None else weights
+    mixed = combine(member_probs, weights)
+    temperature = fit_temperature(mixed, labels) if config.ensemble.calibrate else 1.0
+    calibrated = apply_temperature(mixed, temperature)
+
+    rows = []
+    for i, (path, manifest) in enumerate(zip(member_dirs, manifests, strict=True)):
+        name = manifest.get("backbone") or Path(str(path).rstrip("/")).name
+        rows.append(
+            {
+                "model": name,
+                "path": str(path),
+                "weight": float(weights[i]),
+                **score(member_probs[i], labels),
+            }
+        )
+    uncalibrated = {"model": "ensemble (before temperature)", "weight": 1.0, **score(mixed, labels)}
+    final = {
+        "model": "ensemble",
+        "weight": 1.0,
+        "temperature": temperature,
+        **score(calibrated, labels),
+    }
+    log.info(
+        "ensemble of %d: weights %s, temperature %.3f, val log-loss %.4f (best member %.4f)",
+        count,
+        np.round(weights, 3).tolist(),
+        temperature,
+        final["val_log_loss"],
+        min(r["val_log_loss"] for r in rows),
+    )
+
+    model = build_ensemble_model(members, val.image_size, weights.tolist(), temperature)
+    check = inference.predict_arrays(model, val.images[:8], batch)
+    if not np.allclose(check, calibrated[:8], atol=1e-3):
+        raise RuntimeError("ensemble: the built model disagrees with the fitted combination")
+
+    synthetic = bool(val.manifest.get("synthetic", False))
+    summary = {
+        "members": rows,
+        "ensemble_before_temperature": uncalibrated,
+        "ensemble": final,
+        "weights": weights.tolist(),
+        "temperature": temperature,
+        "fit_weights": config.ensemble.fit_weights,
+        "calibrate": config.ensemble.calibrate,
+        "val_count": len(labels),
+        "data_dir": str(data_dir),
+        "note": "weights and temperature are fitted on val; these val numbers are in-sample",
+    }
+    with storage.artifact_dir(out_dir) as staging:
+        export.export_model(
+            model,
+            staging,
+            val.class_names,
+            val.image_size,
+            {
+                "members": [
+                    {"path": str(p), "backbone": m.get("backbone"), "weight": float(w)}
+                    for p, m, w in zip(member_dirs, manifests, weights, strict=True)
+                ],
+                "temperature": temperature,
+                "precision": "float32",
+                "accepts_any_size": True,
+                "synthetic": synthetic,
+                "metrics": {k: v for k, v in final.items() if k.startswith("val_")},
+            },
+        )
+        storage.write_text_atomic(staging / "report.json", json.dumps(summary, indent=2))
+        page = report.Report("hemaflow ensemble", synthetic=synthetic)
+        page.heading("Members and ensemble on val")
+        page.table(
+            [*rows, uncalibrated, final],
+            ["model", "weight", "val_accuracy", "val_balanced_accuracy", "val_log_loss", "val_ece"],
+        )
+        page.paragraph(
+            f"Weights fitted on val to minimise log-loss ({'on' if config.ensemble.fit_weights else 'off: uniform'}); "
+            f"temperature {temperature:.3f} fitted on val ({'on' if config.ensemble.calibrate else 'off'}). "
+            "Val numbers of the ensemble are in-sample."
+        )
+        page.figure(
+            "ensemble_log_loss.png",
+            report.bar_chart(
+                [r["model"] for r in rows] + ["ensemble"],
+                [r["val_log_loss"] for r in rows] + [final["val_log_loss"]],
+                "val log-loss (lower is better)",
+            ),
+        )
+        page.write(staging)
+    return {
+        "val_accuracy": final["val_accuracy"],
+        "val_log_loss": final["val_log_loss"],
+        "val_ece": final["val_ece"],
+        "best_member_val_log_loss": min(r["val_log_loss"] for r in rows),
+        "uncalibrated_val_log_loss": uncalibrated["val_log_loss"],
+        "weights": weights.tolist(),
+        "temperature": temperature,
+        "members": [str(p) for p in member_dirs],
+    }

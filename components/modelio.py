@@ -1,0 +1,138 @@
+"""Load exported models safely: Model folders or .keras files, local or gs://.
+
+Loading always uses ``safe_mode=True``, so a model carrying arbitrary Python (a Lambda layer)
+is refused rather than executed. The modules that register hemaflow's custom layers are
+imported first, so every model hemaflow exports loads by name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from components import storage
+from components.export import MANIFEST, MODEL_FILE
+
+# Modules whose import registers hemaflow's serializable layers.
+LAYER_MODULES = ("components.zoo", "components.ensemble")
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+class ModelError(ValueError):
+    """A model path is missing, of the wrong kind, or refused by safe loading."""
+
+
+def register_custom_layers() -> None:
+    """Import every module that registers hemaflow layers (those present in this install)."""
+    for name in LAYER_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        register = getattr(module, "register_layers", None)
+        if register is not None:
+            register()
+
+
+def resolve_model_file(path: str | os.PathLike) -> Path:
+    """The local .keras file behind ``path`` (a Model folder or a .keras file), checked for kind."""
+    uri = str(path)
+    if storage.is_gcs(uri) and not uri.endswith(".keras"):
+        uri = storage.join(uri, MODEL_FILE)  # a gs:// Model folder: fetch only its archive
+    try:
+        local = storage.local_path(uri)
+    except storage.StorageError as exc:
+        raise ModelError(f"{path}: no such model file or folder") from exc
+    if local.is_dir():
+        candidate = local / MODEL_FILE
+        if not candidate.is_file():
+            raise ModelError(
+                f"{path}: not a hemaflow Model folder (no {MODEL_FILE}; expected the output "
+                "of the train or ensemble stage)"
+            )
+        local = candidate
+    with open(local, "rb") as handle:
+        head = handle.read(8)
+    if head == _HDF5_MAGIC:
+        raise ModelError(
+            f"{path}: a legacy HDF5 (.h5) model; hemaflow loads Keras 3 .keras archives only"
+        )
+    if not zipfile.is_zipfile(local):
+        raise ModelError(f"{path}: not a Keras 3 .keras archive (not a zip file)")
+    with zipfile.ZipFile(local) as archive:
+        names = set(archive.namelist())
+    if "config.json" not in names:
+        raise ModelError(f"{path}: a zip file but not a Keras 3 .keras archive (no config.json)")
+    return local
+
+
+def load_model(path: str | os.PathLike):
+    """Load a Keras model from a Model folder or a .keras file with safe_mode=True."""
+    import keras
+
+    local = resolve_model_file(path)
+    register_custom_layers()
+    try:
+        return keras.saving.load_model(local, safe_mode=True, compile=False)
+    except (ValueError, TypeError) as exc:
+        message = " ".join(str(exc).split())
+        if "Lambda" in message or "safe_mode" in message:
+            raise ModelError(
+                f"{path}: refused by safe loading: the model contains a Lambda layer or other "
+                "arbitrary Python code; rebuild it from registered layers"
+            ) from exc
+        raise ModelError(f"{path}: could not load the model: {message[:500]}") from exc
+
+
+def read_model_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a Model folder (or of the folder holding a .keras file)."""
+    uri = str(path)
+    if storage.is_gcs(uri):
+        folder_uri = uri.rsplit("/", 1)[0] if uri.endswith(".keras") else uri
+        try:
+            manifest_path = storage.local_path(storage.join(folder_uri, MANIFEST))
+        except storage.StorageError as exc:
+            raise ModelError(f"{path}: no {MANIFEST}; not a hemaflow Model folder") from exc
+    else:
+        local = Path(uri).expanduser()
+        if not local.exists():
+            raise ModelError(f"{path}: no such model file or folder")
+        manifest_path = (local if local.is_dir() else local.parent) / MANIFEST
+    if not manifest_path.is_file():
+        raise ModelError(f"{path}: no {MANIFEST} beside the model; not a hemaflow Model folder")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{manifest_path}: not valid JSON: {exc}") from exc
+    if manifest.get("kind") != "model":
+        raise ModelError(
+            f"{manifest_path}: kind is {manifest.get('kind')!r}, not 'model' "
+            "(is this a data folder?)"
+        )
+    for key in ("class_names", "image_size"):
+        if key not in manifest:
+            raise ModelError(f"{manifest_path}: missing field '{key}'")
+    return manifest
+
+
+def model_class_names(path: str | os.PathLike, model=None) -> tuple[list[str], int]:
+    """Class names and working size from the manifest, else from the model's shapes.
+
+    A bare .keras file without a manifest falls back to ``class_0..class_{n-1}`` and the
+    model's input size, so it can still be evaluated against data with matching classes.
+    """
+    try:
+        manifest = read_model_manifest(path)
+        return list(manifest["class_names"]), int(manifest["image_size"])
+    except ModelError:
+        if model is None:
+            raise
+    width = int(model.outputs[0].shape[-1])
+    size = model.inputs[0].shape[1]
+    return [f"class_{i}" for i in range(width)], int(size) if size else 0

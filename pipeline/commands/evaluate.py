@@ -1,0 +1,90 @@
+"""``hemaflow evaluate``: metrics, robustness, report and model card for a model on labelled data."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.commands._common import add_config_options, config_from_args
+
+DESCRIPTION = """\
+Score MODEL on a labelled SOURCE: accuracy, balanced accuracy, per-class
+precision/recall/F1, confusion matrix, calibration (ECE), Bmk when present, and
+the corruption suite (evaluate.corruptions x evaluate.severities) summarised
+MedMNIST-C style. Writes DIR/metrics.json, DIR/report.html, DIR/model_card.md.
+
+MODEL is a Model folder (train or ensemble output) or a .keras file.
+SOURCE is one of:
+  a TFRecord folder     (balance-and-augment output: test and bmk splits,
+                         scored on Beam with tfx-bsl RunInference)
+  a Dataset folder      (ingest output: its test split)
+  PATH/                 a folder of class sub-folders of images
+  PATH/ + labels.csv    a folder of images with labels.csv rows file,label
+  FILE.npz              challenge layout (images, labels) or MedMNIST layout"""
+
+EXAMPLES = """\
+examples:
+  hemaflow evaluate runs/ensemble runs/tfrecords --out runs/eval
+  hemaflow evaluate runs/train-resnet_mini ../shared/data/pbc128 --out runs/eval-all --set evaluate.max_images=500
+  hemaflow evaluate model.keras images/ --out runs/eval --set evaluate.bn_adaptation=true"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="metrics, corruption robustness, report and model card for a model",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", metavar="MODEL", help="Model folder or .keras file")
+    parser.add_argument("source", metavar="SOURCE", help="labelled data (see above)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument(
+        "--max-images",
+        type=int,
+        metavar="N",
+        help="test images used for the corruption suite (sets evaluate.max_images; 0 = all)",
+    )
+    add_config_options(parser)
+    parser.set_defaults(func=run)
+
+
+def is_artifact(source: str) -> bool:
+    """Whether SOURCE is a hemaflow Dataset or TFRecord folder (it has a manifest.json)."""
+    from components import storage
+
+    return storage.exists(storage.join(source, "manifest.json"))
+
+
+def run(args: argparse.Namespace) -> int:
+    from components import evaluate, inference, modelio
+
+    config = config_from_args(args, **{"evaluate.max_images": args.max_images})
+    if is_artifact(args.source):
+        result = evaluate.evaluate(args.model, args.source, args.out, config)
+    else:
+        manifest = modelio.read_model_manifest(args.model)
+        data = inference.read_labelled_source(
+            args.source, int(manifest["image_size"]), list(manifest["class_names"]), config
+        )
+        result = evaluate.evaluate_arrays(
+            args.model,
+            data.images,
+            data.labels,
+            data.ids,
+            list(manifest["class_names"]),
+            args.out,
+            config,
+            source=args.source,
+            synthetic=data.synthetic,
+        )
+    bmk = result["bmk_accuracy"]
+    print(
+        f"evaluation written to {args.out}\n"
+        f"  accuracy {result['accuracy']:.4f}, balanced accuracy {result['balanced_accuracy']:.4f}, "
+        f"ECE {result['ece']:.4f}\n"
+        f"  bmk accuracy {'n/a' if bmk is None else f'{bmk:.4f}'}, corrupted accuracy "
+        f"{result['corrupted_accuracy']:.4f}\n"
+        "  details: metrics.json, report.html and model_card.md in the output folder"
+    )
+    return 0

@@ -1,0 +1,105 @@
+"""Ensemble: fitted weights and temperature beat the members on val log-loss; safe export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_export import SIZE, load_pbc_arrays, train_tiny, write_dataset
+
+from components.config import CLASS_NAMES, load_config
+
+
+@pytest.fixture(scope="module")
+def members(pbc128_root, tmp_path_factory):
+    from components.export import export_model
+
+    train = load_pbc_arrays(pbc128_root, 16)
+    val = load_pbc_arrays(pbc128_root, 8, offset=16)
+    data_dir = write_dataset(tmp_path_factory.mktemp("data"), {"train": train, "val": val})
+    dirs = []
+    for seed, (epochs, width) in enumerate([(4, 8), (3, 6)]):
+        model, history = train_tiny(train[0], train[1], epochs=epochs, seed=seed, width=width)
+        folder = tmp_path_factory.mktemp(f"member{seed}")
+        export_model(model, folder, list(CLASS_NAMES), SIZE, {"backbone": f"tiny{seed}"})
+        dirs.append(str(folder))
+    return data_dir, dirs, val
+
+
+def test_fit_weights_and_temperature_pure():
+    from components import metrics
+    from components.ensemble import apply_temperature, combine, fit_temperature, fit_weights
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 400)
+    # Right 70% of the time with confidence 0.7: calibrated by construction.
+    right = rng.random(400) < 0.7
+    predicted = np.where(right, labels, (labels + rng.integers(1, 4, 400)) % 4)
+    good = np.full((400, 4), 0.1)
+    good[np.arange(400), predicted] = 0.7
+    noisy = rng.dirichlet(np.ones(4), 400)
+    stacked = np.stack([noisy, good])
+    weights = fit_weights(stacked, labels)
+    assert weights.sum() == pytest.approx(1.0) and weights[1] > 0.8
+    assert metrics.log_loss(combine(stacked, weights), labels) <= metrics.log_loss(good, labels)
+    overconfident = apply_temperature(good, 0.25)
+    t = fit_temperature(overconfident, labels)
+    assert t == pytest.approx(4.0, rel=0.1)
+    np.testing.assert_allclose(apply_temperature(overconfident, t), good, atol=0.03)
+
+
+@pytest.mark.slow
+def test_build_ensemble_beats_members_on_val(members, tmp_path):
+    from components.ensemble import build_ensemble
+    from components.inference import predict_arrays
+    from components.modelio import load_model, read_model_manifest
+
+    data_dir, dirs, val = members
+    out = tmp_path / "ensemble"
+    result = build_ensemble(str(data_dir), dirs, str(out), load_config("quickstart"))
+    assert result["val_log_loss"] <= result["best_member_val_log_loss"] + 1e-9
+    assert result["val_log_loss"] <= result["uncalibrated_val_log_loss"] + 1e-9
+    assert sum(result["weights"]) == pytest.approx(1.0)
+    assert result["val_accuracy"] > 0.25  # chance is 0.125
+
+    manifest = read_model_manifest(out)
+    assert manifest["class_names"] == list(CLASS_NAMES)
+    assert [m["backbone"] for m in manifest["members"]] == ["tiny0", "tiny1"]
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["members"]) == 2 and "ensemble" in report
+    assert (out / "report.html").is_file() and (out / "saved_model" / "saved_model.pb").is_file()
+
+    model = load_model(out)  # safe_mode: custom layers are registered
+    probs = predict_arrays(model, val[0])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    from components import metrics
+
+    assert metrics.log_loss(probs, val[1]) == pytest.approx(result["val_log_loss"], abs=1e-3)
+    # Any input size: 48 px images are resized to the 32 px working size inside the model.
+    import tensorflow as tf
+
+    bigger = tf.cast(tf.image.resize(val[0][:4], (48, 48)), tf.uint8).numpy()
+    assert predict_arrays(model, bigger).shape == (4, 8)
+
+
+def test_ensemble_rejects_mismatched_members(members, tmp_path):
+    from components.ensemble import build_ensemble
+
+    data_dir, dirs, _ = members
+    config = load_config("quickstart")
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    first = Path(dirs[0])
+    (wrong / "model.keras").write_bytes((first / "model.keras").read_bytes())
+    manifest = json.loads((first / "manifest.json").read_text())
+    (wrong / "manifest.json").write_text(json.dumps({**manifest, "class_names": ["a"] * 8}))
+    with pytest.raises(ValueError, match="member classes"):
+        build_ensemble(str(data_dir), [dirs[0], str(wrong)], str(tmp_path / "out"), config)
+    (wrong / "manifest.json").write_text(json.dumps({**manifest, "image_size": 64}))
+    with pytest.raises(ValueError, match="works at 64 px but the data is 32 px"):
+        build_ensemble(str(data_dir), [dirs[0], str(wrong)], str(tmp_path / "out"), config)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="at least one member"):
+        build_ensemble(str(data_dir), [], str(tmp_path / "out"), config)

@@ -1,0 +1,146 @@
+"""Evaluate: clean, Bmk and corruption metrics, BN adaptation, report and model card."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_export import (
+    SIZE,
+    load_pbc_arrays,
+    train_tiny,
+    write_dataset,
+    write_tfrecord_folder,
+)
+
+from components.config import CLASS_NAMES, load_config
+
+
+@pytest.fixture(scope="module")
+def setup(pbc128_root, tmp_path_factory):
+    from components.export import export_model
+
+    train = load_pbc_arrays(pbc128_root, 16)
+    test = load_pbc_arrays(pbc128_root, 5, offset=20)
+    bmk = load_pbc_arrays(pbc128_root, 3, offset=30)
+    model, history = train_tiny(train[0], train[1])
+    model_dir = tmp_path_factory.mktemp("model")
+    export_model(
+        model, model_dir, list(CLASS_NAMES), SIZE, {"backbone": "tiny", "history": history}
+    )
+    records = write_tfrecord_folder(tmp_path_factory.mktemp("records"), {"test": test, "bmk": bmk})
+    data = write_dataset(tmp_path_factory.mktemp("data"), {"test": test})
+    return model, model_dir, records, data, test
+
+
+def quick_config(**extra):
+    overrides = {
+        "evaluate.corruptions": ["gaussian_blur", "stain_deposits"],
+        "evaluate.severities": [1, 5],
+        "evaluate.max_images": 24,
+        **extra,
+    }
+    return load_config("quickstart", overrides=overrides)
+
+
+@pytest.mark.slow
+def test_evaluate_tfrecords_end_to_end(setup, tmp_path):
+    from components.evaluate import evaluate
+
+    model, model_dir, records, _, test = setup
+    out = tmp_path / "eval"
+    result = evaluate(
+        str(model_dir), str(records), str(out), quick_config(**{"evaluate.bn_adaptation": True})
+    )
+    body = json.loads((out / "metrics.json").read_text())
+    for key in (
+        "accuracy",
+        "balanced_accuracy",
+        "ece",
+        "bmk_accuracy",
+        "corrupted_accuracy",
+        "per_class",
+        "per_corruption",
+    ):
+        assert key in body
+    assert body["test"]["count"] == len(test[1]) and body["bmk"]["count"] == 24
+    assert result["accuracy"] == body["accuracy"] > 0.2  # chance is 0.125
+    expected = model.predict(test[0], verbose=0).argmax(axis=1)
+    assert body["accuracy"] == pytest.approx(np.mean(expected == test[1]))
+    assert set(body["per_corruption"]) == {"gaussian_blur", "stain_deposits"}
+    assert body["corruption_sample_count"] == 24
+    blur = body["robustness"]["per_corruption"]["gaussian_blur"]
+    assert set(blur["by_severity"]) == {"1", "5"}
+    assert blur["balanced_error"] == pytest.approx(
+        np.mean([1 - v["balanced_accuracy"] for v in blur["by_severity"].values()])
+    )
+    assert body["bn_adaptation"]["batchnorm_layers"] == 1
+    assert 0.0 <= body["bn_adaptation"]["corrupted_accuracy"] <= 1.0
+    assert "RunInference" in body["inference"]
+    assert sum(map(sum, body["confusion_matrix"])) == len(test[1])
+    html = (out / "report.html").read_text()
+    for figure in (
+        "confusion_test.png",
+        "reliability_test.png",
+        "corruption_accuracy.png",
+        "corruption_grid.png",
+        "training_curves.png",
+        "mistakes.png",
+    ):
+        assert figure in html and (out / figure).is_file()
+    card = (out / "model_card.md").read_text()
+    assert "Acevedo" in card and "gaussian_blur" in card and "Intended use" in card
+
+
+def test_evaluate_dataset_folder_in_process(setup, tmp_path):
+    from components.evaluate import evaluate
+
+    model, model_dir, _, data, test = setup
+    result = evaluate(str(model_dir), str(data), str(tmp_path / "eval"), quick_config())
+    expected = model.predict(test[0], verbose=0).argmax(axis=1)
+    assert result["accuracy"] == pytest.approx(np.mean(expected == test[1]))
+    assert result["bmk_accuracy"] is None and result["bn_adapted_corrupted_accuracy"] is None
+
+
+def test_bn_adaptation_restores_statistics(setup):
+    from components.corruptions import corrupt
+    from components.evaluate import batchnorm_layers, predict_bn_adapted
+
+    model, _, _, _, test = setup
+    layer = batchnorm_layers(model)[0]
+    layer.trainable = False  # as in a fine-tuned model with a frozen backbone
+    before = [w.numpy().copy() for w in layer.non_trainable_weights]
+    momentum = layer.momentum
+    blurred = corrupt(test[0], "gaussian_blur", 5, 0)
+    adapted = predict_bn_adapted(model, blurred, 16)
+    plain = model.predict(blurred, verbose=0)
+    assert adapted.shape == plain.shape and not np.allclose(adapted, plain, atol=1e-4)
+    for old, new in zip(before, layer.non_trainable_weights, strict=True):
+        np.testing.assert_array_equal(old, new.numpy())
+    assert layer.momentum == momentum and layer.trainable is False
+    layer.trainable = True
+
+
+def test_evaluate_errors_write_nothing(setup, tmp_path):
+    from components import dataset
+    from components.evaluate import EvaluationError, evaluate
+
+    _, model_dir, _, data, test = setup
+    other = tmp_path / "other"
+    write_dataset(other, {"test": test})
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["class_names"] = list(reversed(CLASS_NAMES))
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "out"
+    with pytest.raises(EvaluationError, match="class lists differ"):
+        evaluate(str(model_dir), str(other), str(out), quick_config())
+    empty = tmp_path / "empty"
+    write_dataset(empty, {"test": (test[0][:0], test[1][:0], [])})
+    with pytest.raises(dataset.DatasetError, match="split 'test' is empty"):
+        evaluate(str(model_dir), str(empty), str(out), quick_config())
+    with pytest.raises(ValueError, match="unknown corruption"):
+        evaluate(
+            str(model_dir), str(data), str(out), quick_config(**{"evaluate.corruptions": ["fog"]})
+        )
+    assert not out.exists()

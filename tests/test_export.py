@@ -1,0 +1,217 @@
+"""Model folders: export with two endpoints, safe loading, clear errors for the wrong kind.
+
+The helpers at the top (real pbc128 arrays, a tiny CNN taking raw uint8) are shared by the
+model-side tests so they do not depend on the model zoo.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from components.config import CLASS_NAMES
+
+SIZE = 32
+
+
+def load_pbc_arrays(
+    root: Path, per_class: int, size: int = SIZE, offset: int = 0
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``per_class`` real images of every class (sorted files from ``offset``), resized."""
+    images, labels, names = [], [], []
+    for label, name in enumerate(CLASS_NAMES):
+        files = sorted((root / name).iterdir())[offset : offset + per_class]
+        for f in files:
+            with Image.open(f) as img:
+                images.append(np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR)))
+            labels.append(label)
+            names.append(f"{name}/{f.name}")
+    return np.stack(images).astype(np.uint8), np.asarray(labels, np.int64), names
+
+
+def tiny_cnn(size: int = SIZE, num_classes: int = 8, seed: int = 0, width: int = 8):
+    """A small uint8-in, softmax-out CNN (Rescaling inside, BatchNorm so BN adaptation applies)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, 3), dtype="uint8", name="images")
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(width, 3, strides=2, padding="same")(x)
+    x = keras.layers.BatchNormalization(momentum=0.8)(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(width * 2, 3, strides=2, padding="same", activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name=f"tiny_cnn_{seed}")
+
+
+def train_tiny(images, labels, epochs: int = 4, seed: int = 0, width: int = 8):
+    """Train a tiny CNN briefly; enough to beat chance on held-out pbc128 images."""
+    import keras
+
+    model = tiny_cnn(images.shape[1], 8, seed, width)
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    history = model.fit(images, labels, epochs=epochs, batch_size=16, verbose=0)
+    return model, {k: [float(v) for v in vs] for k, vs in history.history.items()}
+
+
+def write_dataset(folder: Path, splits: dict[str, tuple], size: int = SIZE) -> Path:
+    """An ingest-style Dataset folder from ``{split: (images, labels, names)}``."""
+    from components import dataset
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, (images, labels, ids) in splits.items():
+        split = dataset.Split(images, labels, np.asarray(ids))
+        files[f"{name}.npz"] = dataset.save_split(folder, name, split)
+    dataset.write_manifest(
+        folder,
+        {
+            "kind": "dataset",
+            "class_names": list(CLASS_NAMES),
+            "image_size": size,
+            "files": files,
+            "synthetic": False,
+        },
+    )
+    return folder
+
+
+def write_tfrecord_folder(folder: Path, splits: dict[str, tuple], size: int = SIZE) -> Path:
+    """A balance-and-augment-style TFRecord folder from ``{split: (images, labels, names)}``."""
+    from components import dataset
+    from components.tfrecords import encode_example, write_shards
+
+    folder.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for name, (images, labels, ids) in splits.items():
+        records = [
+            encode_example(img, np.eye(len(CLASS_NAMES))[y], f"{name}/{i}")
+            for img, y, i in zip(images, labels, ids, strict=True)
+        ]
+        write_shards(records, folder, name, 2)
+        counts[name] = len(records)
+    dataset.write_manifest(
+        folder,
+        {
+            "kind": "tfrecords",
+            "class_names": list(CLASS_NAMES),
+            "image_size": size,
+            "counts": counts,
+            "synthetic": False,
+        },
+    )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(pbc128_root, tmp_path_factory):
+    from components.export import export_model
+
+    images, labels, _ = load_pbc_arrays(pbc128_root, 12)
+    model, history = train_tiny(images, labels, epochs=1)
+    folder = tmp_path_factory.mktemp("model")
+    export_model(model, folder, list(CLASS_NAMES), SIZE, {"backbone": "tiny", "history": history})
+    return folder, model, images
+
+
+def test_export_writes_model_folder(exported):
+    folder, _, _ = exported
+    assert (folder / "model.keras").is_file()
+    assert (folder / "saved_model" / "saved_model.pb").is_file()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["kind"] == "model"
+    assert manifest["class_names"] == list(CLASS_NAMES)
+    assert manifest["image_size"] == SIZE
+    assert manifest["backbone"] == "tiny"
+    assert "history" not in manifest
+    assert "loss" in json.loads((folder / "history.json").read_text())
+
+
+def test_loaded_model_and_endpoints_agree(exported):
+    import tensorflow as tf
+
+    from components.modelio import load_model, read_model_manifest
+    from components.tfrecords import encode_example
+
+    folder, model, images = exported
+    batch = images[:6]
+    expected = model.predict(batch, verbose=0)
+    loaded = load_model(str(folder))
+    np.testing.assert_allclose(loaded.predict(batch, verbose=0), expected, atol=1e-5)
+    assert read_model_manifest(folder / "model.keras")["image_size"] == SIZE
+
+    saved = tf.saved_model.load(str(folder / "saved_model"))
+    served = saved.serve(tf.constant(batch)).numpy()
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    examples = [encode_example(img, np.eye(8)[0], f"id{i}") for i, img in enumerate(batch)]
+    from_examples = saved.serve_examples(tf.constant(examples)).numpy()
+    np.testing.assert_allclose(from_examples, expected, atol=1e-5)
+    assert from_examples.shape == (6, 8)
+
+
+def test_safe_mode_refuses_lambda_layer(tmp_path):
+    import keras
+
+    from components.modelio import ModelError, load_model
+
+    inputs = keras.Input((8, 8, 3), dtype="uint8")
+    x = keras.layers.Lambda(lambda t: keras.ops.cast(t, "float32") / 255.0)(inputs)
+    outputs = keras.layers.Dense(8, activation="softmax")(keras.layers.Flatten()(x))
+    path = tmp_path / "evil.keras"
+    keras.Model(inputs, outputs).save(path)
+    with pytest.raises(ModelError, match="Lambda"):
+        load_model(path)
+
+
+def test_wrong_kinds_of_model_file_are_named(tmp_path):
+    from components.modelio import ModelError, load_model, read_model_manifest
+
+    text = tmp_path / "text" / "model.keras"
+    text.parent.mkdir()
+    text.write_text("not a model")
+    with pytest.raises(ModelError, match=r"text.*not a Keras 3 \.keras archive"):
+        load_model(text.parent)
+
+    h5 = tmp_path / "old.h5"
+    h5.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
+    with pytest.raises(ModelError, match=r"old\.h5.*HDF5"):
+        load_model(h5)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelError, match=r"empty.*no model\.keras"):
+        load_model(empty)
+    with pytest.raises(ModelError, match="no manifest.json"):
+        read_model_manifest(empty)
+
+    other_zip = tmp_path / "other.keras"
+    with zipfile.ZipFile(other_zip, "w") as archive:
+        archive.writestr("readme.txt", "hello")
+    with pytest.raises(ModelError, match="no config.json"):
+        load_model(other_zip)
+
+    with pytest.raises(ModelError, match="no such model"):
+        load_model(tmp_path / "missing")
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "manifest.json").write_text(json.dumps({"kind": "dataset", "class_names": []}))
+    with pytest.raises(ModelError, match="not 'model'"):
+        read_model_manifest(data)
+
+
+def test_export_rejects_class_mismatch(tmp_path):
+    from components.export import export_model
+
+    with pytest.raises(ValueError, match="outputs 8 classes but class_names has 3"):
+        export_model(tiny_cnn(), tmp_path / "m", ["a", "b", "c"], SIZE, {})
