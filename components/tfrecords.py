@@ -97,6 +97,14 @@ def parse_batch(serialized, num_classes: int, image_size: int):
     return images, parsed["soft_label"], parsed["source_id"]
 
 
+def _readable_dir(data_dir: str | os.PathLike) -> str | os.PathLike:
+    """gs:// folders are read through the local cache, because TensorFlow's own GCS file
+    system has a fixed endpoint (it ignores STORAGE_EMULATOR_HOST)."""
+    from components import storage
+
+    return storage.local_path(data_dir) if storage.is_gcs(data_dir) else data_dir
+
+
 def read_dataset(
     data_dir: str | os.PathLike,
     split: str,
@@ -115,6 +123,7 @@ def read_dataset(
     """
     import tensorflow as tf
 
+    data_dir = _readable_dir(data_dir)
     pattern = shard_pattern(data_dir, split)
     files = tf.io.gfile.glob(pattern)
     if not files:
@@ -143,5 +152,5 @@ def read_dataset(
 def count_records(data_dir: str | os.PathLike, split: str) -> int:
     import tensorflow as tf
 
-    files = tf.io.gfile.glob(shard_pattern(data_dir, split))
+    files = tf.io.gfile.glob(shard_pattern(_readable_dir(data_dir), split))
     return sum(1 for f in files for _ in tf.data.TFRecordDataset(f, compression_type=COMPRESSION))
