@@ -14,8 +14,8 @@ Where the families come from:
   transpose, which with the flips gives exact 90-degree rotations;
 - chromatic: Keras 3 ``RandomBrightness``, ``RandomContrast``, ``RandomSaturation``,
   ``RandomHue``, all with ``value_range=(0, 255)``;
-- blur: Keras 3 ``RandomGaussianBlur``, or defocus / motion blur from
-  :mod:`components.imageops` (one kind per image);
+- blur: Gaussian, defocus or motion blur from :mod:`components.imageops` (one kind per
+  image; they reflect at the border, where Keras' ``RandomGaussianBlur`` pads with zeros);
 - stain, noise, jpeg, pixelate, artifacts: :mod:`components.imageops`;
 - erasing: Keras 3 ``RandomErasing``;
 - randaugment, augmix: Keras 3 ``RandAugment`` and ``AugMix``, restricted to operations that
@@ -91,7 +91,7 @@ IMAGEOPS_SCALE: dict[str, float] = {
 }
 """Family strength 1 maps to this imageops strength (imageops' 1 is a severe corruption)."""
 
-BLUR_KINDS = ("gaussian", "defocus_blur", "motion_blur")
+BLUR_KINDS = ("gaussian_blur", "defocus_blur", "motion_blur")
 NOISE_KINDS = ("gaussian_noise", "shot_noise", "impulse_noise")
 ARTIFACT_KINDS = ("stain_deposits", "bubbles", "dust")
 VALUE_RANGE = (0, 255)
@@ -367,28 +367,20 @@ def _build_family(name: str, spec: AugFamily) -> _Family:
         return _Family(name, spec, [layer], augmix)
 
     if name == "blur":
-        gaussian = L.RandomGaussianBlur(
-            factor=(1.0, 1.0),
-            kernel_size=5,
-            sigma=(0.2, 0.2 + 1.8 * s),
-            value_range=VALUE_RANGE,
-            **f32,
-        )
-        gaussian_run = _keras_chain([gaussian])
-        blur_ops = {kind: _imageops_runner(kind) for kind in BLUR_KINDS[1:]}
+        # imageops' blurs reflect at the border; Keras' RandomGaussianBlur pads with zeros and
+        # darkens a frame around every blurred cell image.
+        blur_ops = {kind: _imageops_runner(kind) for kind in BLUR_KINDS}
 
         def blur(x, seed: int):
             batch = int(x.shape[0])
             strengths = _magnitudes(batch, scaled, seed)
 
             def one(kind: str, sub, index):
-                if kind == "gaussian":
-                    return gaussian_run(sub, seed)
                 return blur_ops[kind](sub, tf_gather(strengths, index), _pair(seed))
 
             return _choose_indexed(x, _choice(batch, len(BLUR_KINDS), seed), BLUR_KINDS, one)
 
-        return _Family(name, spec, [gaussian], blur)
+        return _Family(name, spec, [], blur)
 
     kinds = {
         "stain": ("stain_shift",),

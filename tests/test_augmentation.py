@@ -160,3 +160,12 @@ def test_bad_batches_are_rejected(cells):
         augment(images[0], seed=1)
     with pytest.raises(ValueError, match="unknown augmentation family"):
         augment.apply(images, 1, only="sharpen")
+
+
+def test_blur_keeps_the_border_of_a_uniform_image():
+    """A blurred flat background stays flat up to the edge (no dark zero-padding frame)."""
+    from components.augmentation import build_augmenter
+
+    flat = np.full((6, 32, 32, 3), 200, dtype=np.uint8)
+    out = build_augmenter(only("blur", strength=1.0))(flat, seed=4)
+    assert np.abs(out.astype(int) - 200).max() <= 1
