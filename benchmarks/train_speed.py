@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hemaflow-bench-") as tmp:
         data = args.data
         if not data:
-            from tests.conftest import write_pbc_tfrecords
+            from tests.helpers import write_pbc_tfrecords
 
             data = str(
                 write_pbc_tfrecords(

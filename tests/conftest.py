@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import write_pbc_tfrecords
+
 REPO = Path(__file__).resolve().parents[1]
 PBC128 = Path(os.environ.get("HEMAFLOW_PBC128", REPO.parent / "shared" / "data" / "pbc128"))
 
@@ -103,45 +105,6 @@ def gcs_bucket(gcs_emulator) -> str:
     name = f"hemaflow-test-{uuid.uuid4().hex[:10]}"
     gcs.client().create_bucket(name)
     return f"gs://{name}"
-
-
-# --------------------------------------------------------------------------- model-stage data
-
-
-def write_pbc_tfrecords(root: Path, dest: Path, size: int, per_class: dict[str, int]) -> Path:
-    """A TFRecord folder (components.tfrecords format + manifest) of real pbc128 images.
-
-    Each class's files (sorted) are dealt out in order to the splits of ``per_class``
-    (e.g. ``{"train": 30, "val": 10, "bmk": 10}``), so no image is in two splits.
-    """
-    import json
-
-    import numpy as np
-    from PIL import Image
-
-    from components import tfrecords
-
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    dest.mkdir(parents=True, exist_ok=True)
-    counts: dict[str, dict[str, int]] = {}
-    examples: dict[str, list[bytes]] = {split: [] for split in per_class}
-    for c, name in enumerate(classes):
-        files = iter(sorted((root / name).iterdir()))
-        for split, n in per_class.items():
-            for _ in range(n):
-                path = next(files)
-                image = np.asarray(
-                    Image.open(path).convert("RGB").resize((size, size), Image.BILINEAR)
-                )
-                examples[split].append(
-                    tfrecords.encode_example(image, np.eye(len(classes))[c], path.name)
-                )
-            counts.setdefault(split, {})[name] = n
-    for split, records in examples.items():
-        tfrecords.write_shards(records, dest, split, 2)
-    manifest = {"kind": "tfrecords", "class_names": classes, "image_size": size, "counts": counts}
-    (dest / "manifest.json").write_text(json.dumps(manifest))
-    return dest
 
 
 @pytest.fixture(scope="session")

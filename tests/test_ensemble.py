@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_export import SIZE, load_pbc_arrays, train_tiny, write_dataset
 
 from components.config import CLASS_NAMES, load_config
+from tests.helpers import SIZE, load_pbc_arrays, train_tiny, write_dataset
 
 
 @pytest.fixture(scope="module")

@@ -6,15 +6,15 @@ import json
 
 import numpy as np
 import pytest
-from test_export import (
+
+from components.config import CLASS_NAMES, load_config
+from tests.helpers import (
     SIZE,
     load_pbc_arrays,
     train_tiny,
     write_dataset,
     write_tfrecord_folder,
 )
-
-from components.config import CLASS_NAMES, load_config
 
 
 @pytest.fixture(scope="module")

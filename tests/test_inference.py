@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from test_export import SIZE, load_pbc_arrays, train_tiny
 
 from components.config import CLASS_NAMES
+from tests.helpers import SIZE, load_pbc_arrays, train_tiny
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ import shutil
 
 import numpy as np
 import pytest
-from test_export import SIZE, load_pbc_arrays, train_tiny, write_dataset
 
 from components.config import CLASS_NAMES
 from pipeline.cli import main
+from tests.helpers import SIZE, load_pbc_arrays, train_tiny, write_dataset
 
 QUICK = [
     "--set",
