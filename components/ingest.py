@@ -268,39 +268,6 @@ def _short(text: str, width: int = 16) -> str:
     return text if len(text) <= width else "…" + text[-(width - 1) :]
 
 
-def mosaic_png(rows: list[list[np.ndarray]], labels: list[str], gap: int = 3) -> bytes:
-    """One PNG of labelled rows of images (drawn with Pillow, upscaled to >= 64 px).
-
-    Rows of pictures with a caption band each read better than a square subplot grid, and
-    one image renders in milliseconds where a subplot per picture takes seconds.
-    """
-    import io
-
-    from PIL import Image, ImageDraw
-
-    size = rows[0][0].shape[0]
-    scale = max(1, -(-64 // size))
-    cell = size * scale
-    band = 14
-    width = max(len(r) for r in rows) * (cell + gap) + gap
-    height = len(rows) * (band + cell + gap) + gap
-    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    width = max([width, *(int(draw.textlength(text)) + 2 * gap for text in labels)])
-    canvas = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    y = gap
-    for row, label in zip(rows, labels, strict=True):
-        draw.text((gap, y), label, fill=(0, 0, 0))
-        y += band
-        for k, image in enumerate(row):
-            picture = Image.fromarray(image).resize((cell, cell), Image.Resampling.NEAREST)
-            canvas.paste(picture, (gap + k * (cell + gap), y))
-        y += cell + gap
-    buffer = io.BytesIO()
-    canvas.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def build_report(
     loaded: LoadedSource,
     findings: quality.Findings,
@@ -342,7 +309,9 @@ def build_report(
             rows.append([loaded.images[i] for i in members])
             titles.append(f"{name} ({int(np.sum(loaded.labels == label))} images)")
     if rows:
-        page.figure("samples.png", mosaic_png(rows, titles), "random examples of every class")
+        page.figure(
+            "samples.png", report.mosaic_png(rows, titles), "random examples of every class"
+        )
 
     def describe(i: int) -> str:
         return f"{_short(str(loaded.ids[i]))} [{names[loaded.labels[i]]}]"
@@ -355,7 +324,7 @@ def build_report(
         rows = rows[:most_rows]
         images = [[loaded.images[i] for i in r] for r in rows]
         labels = ["  |  ".join(describe(i) for i in r) for r in rows]
-        page.figure(file, mosaic_png(images, labels), caption)
+        page.figure(file, report.mosaic_png(images, labels), caption)
 
     finding_grid(
         f"Exact duplicates ({len(findings.exact_groups)} groups)",

@@ -62,6 +62,39 @@ def image_grid(
     return figure_png(fig)
 
 
+def mosaic_png(rows: list[list[np.ndarray]], labels: list[str], gap: int = 3) -> bytes:
+    """One PNG of labelled rows of images (drawn with Pillow, upscaled to >= 64 px).
+
+    Rows of pictures with a caption band each read better than a square subplot grid, and
+    one image renders in milliseconds where a subplot per picture takes seconds.
+    """
+    import io
+
+    from PIL import Image, ImageDraw
+
+    size = rows[0][0].shape[0]
+    scale = max(1, -(-64 // size))
+    cell = size * scale
+    band = 14
+    width = max(len(r) for r in rows) * (cell + gap) + gap
+    height = len(rows) * (band + cell + gap) + gap
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    width = max([width, *(int(draw.textlength(text)) + 2 * gap for text in labels)])
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    y = gap
+    for row, label in zip(rows, labels, strict=True):
+        draw.text((gap, y), label, fill=(0, 0, 0))
+        y += band
+        for k, image in enumerate(row):
+            picture = Image.fromarray(image).resize((cell, cell), Image.Resampling.NEAREST)
+            canvas.paste(picture, (gap + k * (cell + gap), y))
+        y += cell + gap
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def bar_chart(
     labels: Sequence[str], values: Sequence[float], title: str, ylabel: str = "", ylim=None
 ) -> bytes:
