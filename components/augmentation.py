@@ -366,24 +366,9 @@ def _build_family(name: str, spec: AugFamily) -> _Family:
 
         return _Family(name, spec, [layer], augmix)
 
-    if name == "blur":
-        # imageops' blurs reflect at the border; Keras' RandomGaussianBlur pads with zeros and
-        # darkens a frame around every blurred cell image.
-        blur_ops = {kind: _imageops_runner(kind) for kind in BLUR_KINDS}
-
-        def blur(x, seed: int):
-            batch = int(x.shape[0])
-            strengths = _magnitudes(batch, scaled, seed)
-
-            def one(kind: str, sub, index):
-                return blur_ops[kind](sub, tf_gather(strengths, index), _pair(seed))
-
-            return _choose_indexed(x, _choice(batch, len(BLUR_KINDS), seed), BLUR_KINDS, one)
-
-        return _Family(name, spec, [], blur)
-
     kinds = {
         "stain": ("stain_shift",),
+        "blur": BLUR_KINDS,
         "noise": NOISE_KINDS,
         "jpeg": ("jpeg",),
         "pixelate": ("pixelate",),
