@@ -74,8 +74,8 @@ _APPS: dict[str, BackboneSpec] = {
     "densenet201": BackboneSpec("DenseNet201", "torch"),
 }
 _CUSTOM: dict[str, BackboneSpec] = {
-    "small_cnn": BackboneSpec("small_cnn", "unit"),
-    "resnet_mini": BackboneSpec("resnet_mini", "unit"),
+    "small_cnn": BackboneSpec("small_cnn", "standardize"),
+    "resnet_mini": BackboneSpec("resnet_mini", "standardize"),
 }
 
 
@@ -125,6 +125,22 @@ def preprocessing_layers(mode: str) -> list:
         return [keras.layers.Rescaling(1.0, dtype=f32, name="to_float")]
     if mode == "unit":
         return [keras.layers.Rescaling(1.0 / 255, dtype=f32, name="to_unit")]
+    if mode == "standardize":
+        # Per-image standardisation (zero mean, unit variance over H, W and C): a global
+        # brightness offset or contrast factor, as a different lamp or camera gain gives,
+        # is gone before the first convolution. LayerNormalization without weights does it
+        # for any image size as a built-in layer, so safe_mode loading still works.
+        return [
+            keras.layers.Rescaling(1.0 / 255, dtype=f32, name="to_unit"),
+            keras.layers.LayerNormalization(
+                axis=(1, 2, 3),
+                center=False,
+                scale=False,
+                epsilon=1e-5,
+                dtype=f32,
+                name="standardize",
+            ),
+        ]
     raise ValueError(f"preprocess mode {mode!r} is unknown")
 
 

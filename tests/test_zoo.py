@@ -107,3 +107,20 @@ def test_weights_file_loads_into_the_backbone(tmp_path):
         zoo.build_model("small_cnn", 8, 32, weights=str(tmp_path / "missing.weights.h5"))
     with pytest.raises(ValueError, match="from scratch"):
         zoo.build_model("small_cnn", 8, 32, weights="imagenet")
+
+
+def test_standardize_preprocessing_removes_brightness_and_contrast():
+    x = _images(3, 32).astype("float32")
+    mean = x.mean(axis=(1, 2, 3), keepdims=True)
+    shifted = np.clip(mean + 0.4 * (x - mean) + 20.0, 0, 255)  # lower contrast, brighter
+
+    def run(images):
+        for layer in zoo.preprocessing_layers("standardize"):
+            images = layer(images)
+        return np.asarray(images)
+
+    out, out_shifted = run(x), run(shifted)
+    np.testing.assert_allclose(out.mean(axis=(1, 2, 3)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(out.std(axis=(1, 2, 3)), 1.0, atol=1e-2)
+    np.testing.assert_allclose(out, out_shifted, atol=2e-2)
+    assert zoo.backbone_spec("resnet_mini").preprocess == "standardize"
