@@ -84,8 +84,8 @@ brightness symmetrically."""
 IMAGEOPS_SCALE: dict[str, float] = {
     "stain": 1.0,
     "blur": 1.0,
-    "noise": 0.4,
-    "jpeg": 0.9,
+    "noise": 0.6,
+    "jpeg": 1.0,
     "pixelate": 0.5,
     "artifacts": 1.0,
 }
@@ -333,7 +333,9 @@ def _build_family(name: str, spec: AugFamily) -> _Family:
     if name == "chromatic":
         layers = [
             L.RandomBrightness(0.25 * s, value_range=VALUE_RANGE, **f32),
-            L.RandomContrast(0.5 * s, value_range=VALUE_RANGE, **f32),
+            L.RandomContrast(
+                0.75 * s, value_range=VALUE_RANGE, **f32
+            ),  # factor down to 0.25 at s=1
             # 0.5 is identity for RandomSaturation; keep the draw symmetric around it.
             L.RandomSaturation((0.5 - 0.25 * s, 0.5 + 0.25 * s), value_range=VALUE_RANGE, **f32),
             L.RandomHue(0.1 * s, value_range=VALUE_RANGE, **f32),
