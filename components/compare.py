@@ -36,7 +36,7 @@ def compare_backbone(data_dir: str, backbone: str, out_dir: str, config: Config)
     from components import training, zoo
     from components.report import Report
 
-    s = training.setup(data_dir, backbone, config)
+    s = training.setup(data_dir, backbone, config, config.compare.train_images)
     hp = training.default_hparams(config)
     train_ds, val_ds, bmk_ds = training.data(s, config.seed)
     with s.strategy.scope():

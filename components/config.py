@@ -193,6 +193,8 @@ class ModelConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
     batch_size: int = 64
+    # XLA for the training step; "auto" is Keras's choice (on with a GPU, off on a CPU).
+    jit_compile: bool | Literal["auto"] = "auto"
 
     def validate(self) -> list[str]:
         errors = []
@@ -209,13 +211,54 @@ class CompareConfig:
     top_k: int = 2
     criterion: Literal["val_accuracy", "bmk_accuracy", "mean_accuracy"] = "mean_accuracy"
     learning_rate: float = 1e-3
+    train_images: int = 0  # per epoch; 0 = the whole training split, N = a fixed random N
 
     def validate(self) -> list[str]:
         errors = []
         if self.epochs < 1:
             errors.append("epochs: must be at least 1")
+        if self.train_images < 0:
+            errors.append("train_images: must be 0 (all) or a positive image count")
         if self.top_k < 1:
             errors.append("top_k: must be at least 1")
+        return errors
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What keras-tuner may choose from: lists are choices, pairs are [low, high] ranges."""
+
+    dense_first: list[int] = field(default_factory=lambda: [128, 256, 512, 1024])
+    dense_second: list[int] = field(default_factory=lambda: [0, 64, 128])  # 0: one layer
+    dropout: list[float] = field(default_factory=lambda: [0.0, 0.5])
+    optimizers: list[Literal["adam", "adamw", "sgd", "lion"]] = field(
+        default_factory=lambda: ["adam", "adamw", "sgd", "lion"]
+    )
+    learning_rate: list[float] = field(default_factory=lambda: [1e-4, 1e-2])  # log-uniform
+    schedules: list[Literal["constant", "cosine"]] = field(
+        default_factory=lambda: ["constant", "cosine"]
+    )
+    label_smoothing: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2])
+    unfreeze: list[int] = field(default_factory=lambda: [0, 10, 20, 40, -1])  # pretrained only
+
+    def validate(self) -> list[str]:
+        errors = []
+        for name in ("dense_first", "optimizers", "schedules", "label_smoothing", "unfreeze"):
+            if not getattr(self, name):
+                errors.append(f"{name}: give at least one choice")
+        if any(units < 1 for units in self.dense_first):
+            errors.append("dense_first: every choice needs at least 1 unit")
+        if not self.dense_second or any(units < 0 for units in self.dense_second):
+            errors.append("dense_second: give choices of 0 (no second layer) or more units")
+        if len(self.dropout) != 2 or not 0.0 <= self.dropout[0] <= self.dropout[1] < 1.0:
+            errors.append("dropout: expected [low, high] with 0 <= low <= high < 1")
+        rate = self.learning_rate
+        if len(rate) != 2 or not 0.0 < rate[0] <= rate[1]:
+            errors.append("learning_rate: expected [low, high] with 0 < low <= high")
+        if any(not 0.0 <= v < 1.0 for v in self.label_smoothing):
+            errors.append("label_smoothing: every choice must be in [0, 1)")
+        if any(v < -1 for v in self.unfreeze):
+            errors.append("unfreeze: choices are -1 (all), 0 (frozen) or a layer count")
         return errors
 
 
@@ -226,6 +269,8 @@ class TuneConfig:
     epochs: int = 2
     executions_per_trial: int = 1
     directory: str = ""
+    train_images: int = 0  # per trial epoch; 0 = the whole training split, N = a fixed random N
+    space: SearchSpace = field(default_factory=SearchSpace)
 
     def validate(self) -> list[str]:
         errors = []
@@ -233,6 +278,8 @@ class TuneConfig:
             errors.append("max_trials: the tuner budget must be at least 1 trial")
         if self.epochs < 1:
             errors.append("epochs: must be at least 1")
+        if self.train_images < 0:
+            errors.append("train_images: must be 0 (all) or a positive image count")
         return errors
 
 

@@ -89,12 +89,21 @@ def has_split(info: DataInfo, split: str) -> bool:
     return bool(tf.io.gfile.glob(tfrecords.shard_pattern(info.data_dir, split)))
 
 
-def dataset(info: DataInfo, split: str, batch_size: int, train: bool = False, seed: int = 0):
+def dataset(
+    info: DataInfo,
+    split: str,
+    batch_size: int,
+    train: bool = False,
+    seed: int = 0,
+    max_images: int = 0,
+):
     """Batches of (uint8 images, soft labels) for ``split``.
 
     Decoding PNG on every epoch would compete with training for the same few cores, so a
     split that fits in memory is decoded once and cached; the training split is then
-    reshuffled from the cache each epoch.
+    reshuffled from the cache each epoch. ``max_images`` > 0 keeps only the first that many
+    records: balance-and-augment writes the training split in a seeded random order, so
+    they are a fixed random sample (a budget for comparison and tuning runs).
     """
     import tensorflow as tf
 
@@ -104,6 +113,8 @@ def dataset(info: DataInfo, split: str, batch_size: int, train: bool = False, se
     ds = tfrecords.read_dataset(
         info.data_dir, split, info.num_classes, info.image_size, batch_size=256, seed=seed
     )
+    if 0 < max_images < size:
+        ds, size = ds.unbatch().take(max_images).batch(256), max_images
     if size * info.image_size**2 * 3 <= IN_MEMORY_LIMIT_BYTES:
         ds = ds.unbatch().cache()
     else:
@@ -222,7 +233,9 @@ def make_optimizer(
     return keras.optimizers.Lion(rate, weight_decay=weight_decay or None)
 
 
-def compile_model(model, optimizer, label_smoothing: float = 0.0) -> None:
+def compile_model(
+    model, optimizer, label_smoothing: float = 0.0, jit_compile: bool | str = "auto"
+) -> None:
     """Cross-entropy on soft labels (CutMix/MixUp) with optional label smoothing."""
     import keras
 
@@ -230,6 +243,7 @@ def compile_model(model, optimizer, label_smoothing: float = 0.0) -> None:
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        jit_compile=jit_compile,
     )
 
 
@@ -420,11 +434,15 @@ class Setup:
     policy: str
     batch_size: int
     pretrained: bool
-    train_images: int
+    train_images: int  # per epoch: the training split, or the budget ``max_train_images``
+    jit_compile: bool | str = "auto"
 
 
-def setup(data_dir: str, backbone: str, config: Config) -> Setup:
-    """Read the data manifest, pick strategy, dtype policy and global batch for ``backbone``."""
+def setup(data_dir: str, backbone: str, config: Config, max_train_images: int = 0) -> Setup:
+    """Read the data manifest, pick strategy, dtype policy and global batch for ``backbone``.
+
+    ``max_train_images`` > 0 caps the training images per epoch (see :func:`dataset`).
+    """
     from components import distribute, precision, zoo
 
     zoo.backbone_spec(backbone)  # an unknown name fails before any data is read
@@ -445,7 +463,19 @@ def setup(data_dir: str, backbone: str, config: Config) -> Setup:
         strategy.num_replicas_in_sync,
         "pretrained" if pretrained else "from scratch",
     )
-    return Setup(info, backbone, strategy, policy, batch, pretrained, split_size(info, "train"))
+    train_images = split_size(info, "train")
+    if 0 < max_train_images < train_images:
+        train_images = max_train_images
+    return Setup(
+        info,
+        backbone,
+        strategy,
+        policy,
+        batch,
+        pretrained,
+        train_images,
+        config.model.jit_compile,
+    )
 
 
 def build(s: Setup, config: Config, hp: Hparams):
@@ -469,12 +499,14 @@ def compile_phase(s: Setup, model, hp: Hparams, learning_rate: float, epochs: in
     total = steps_per_epoch(s.train_images, s.batch_size) * epochs
     with s.strategy.scope():
         optimizer = make_optimizer(hp.optimizer, learning_rate, hp.schedule, total, hp.weight_decay)
-        compile_model(model, optimizer, hp.label_smoothing)
+        compile_model(model, optimizer, hp.label_smoothing, s.jit_compile)
 
 
 def data(s: Setup, seed: int):
     """(train, val, bmk or None) datasets at the global batch size."""
-    train_ds = dataset(s.info, "train", s.batch_size, train=True, seed=seed)
+    train_ds = dataset(
+        s.info, "train", s.batch_size, train=True, seed=seed, max_images=s.train_images
+    )
     val_ds = dataset(s.info, "val", s.batch_size)
     bmk_ds = dataset(s.info, "bmk", s.batch_size) if has_split(s.info, "bmk") else None
     return train_ds, val_ds, bmk_ds

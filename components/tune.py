@@ -1,8 +1,9 @@
 """Stage 4, hyperparameter search with keras-tuner for one backbone.
 
-Searched: dense head sizes (one or two layers, e.g. 1024 then 128), dropout, optimizer
-(Adam, AdamW, SGD, Lion), peak learning rate and schedule (constant or cosine), label
-smoothing, and, for pretrained backbones, how many top backbone layers to unfreeze.
+Searched (``tune.space`` in the config): dense head sizes (one or two layers, e.g. 1024 then
+128), dropout, optimizer (Adam, AdamW, SGD, Lion), peak learning rate and schedule (constant
+or cosine), label smoothing, and, for pretrained backbones, how many top backbone layers to
+unfreeze.
 Algorithms: Hyperband (default; its brackets are capped at ``tune.max_trials`` trials),
 Bayesian optimisation or random search.
 
@@ -31,10 +32,6 @@ from components import storage
 from components.config import Config
 
 log = logging.getLogger("hemaflow.tune")
-
-DENSE_FIRST = [128, 256, 512, 1024]
-DENSE_SECOND = [0, 64, 128]
-UNFREEZE = [0, 10, 20, 40, -1]
 
 
 def hparams_from_values(values: dict[str, Any], pretrained: bool, config: Config) -> dict:
@@ -65,6 +62,12 @@ def trial_epochs(config: Config) -> int:
     )
 
 
+def _float(hp, name: str, bounds: list[float], **kwargs):
+    """A float in [low, high], or a fixed value when the range is one point."""
+    low, high = bounds
+    return hp.Fixed(name, low) if low == high else hp.Float(name, low, high, **kwargs)
+
+
 def make_hypermodel(s, config: Config):
     """A keras-tuner HyperModel over the search space above for the stage setup ``s``."""
     import dataclasses
@@ -73,16 +76,18 @@ def make_hypermodel(s, config: Config):
 
     from components import training, zoo
 
+    space = config.tune.space
+
     class BloodCellHyperModel(kt.HyperModel):
         def build(self, hp):
-            hp.Choice("dense_1", DENSE_FIRST)
-            hp.Choice("dense_2", DENSE_SECOND)
-            hp.Float("dropout", 0.0, 0.5, step=0.1)
-            hp.Choice("optimizer", ["adam", "adamw", "sgd", "lion"])
-            hp.Float("learning_rate", 1e-4, 1e-2, sampling="log")
-            hp.Choice("schedule", ["constant", "cosine"])
-            hp.Choice("label_smoothing", [0.0, 0.05, 0.1, 0.2])
-            hp.Choice("unfreeze", UNFREEZE if s.pretrained else [-1])
+            hp.Choice("dense_1", space.dense_first)
+            hp.Choice("dense_2", space.dense_second)
+            _float(hp, "dropout", space.dropout)
+            hp.Choice("optimizer", space.optimizers)
+            _float(hp, "learning_rate", space.learning_rate, sampling="log")
+            hp.Choice("schedule", space.schedules)
+            hp.Choice("label_smoothing", space.label_smoothing)
+            hp.Choice("unfreeze", space.unfreeze if s.pretrained else [-1])
             values = hparams_from_values(hp.values, s.pretrained, config)
             params = dataclasses.replace(training.default_hparams(config), **values)
             model = training.build(s, config, params)
@@ -95,7 +100,7 @@ def make_hypermodel(s, config: Config):
                 total,
                 params.weight_decay,
             )
-            training.compile_model(model, optimizer, params.label_smoothing)
+            training.compile_model(model, optimizer, params.label_smoothing, s.jit_compile)
             return model
 
     return BloodCellHyperModel()
@@ -152,7 +157,7 @@ def tune_backbone(data_dir: str, backbone: str, out_dir: str, config: Config) ->
 
     if config.tune.max_trials < 1:
         raise ValueError("tune.max_trials: the tuner budget must be at least 1 trial")
-    s = training.setup(data_dir, backbone, config)
+    s = training.setup(data_dir, backbone, config, config.tune.train_images)
     train_ds, val_ds, _ = training.data(s, config.seed)
     directory = config.tune.directory or str(training.default_work_dir(out_dir) / "tuner")
     tuner = make_tuner(make_hypermodel(s, config), s, config, directory, backbone)

@@ -61,3 +61,22 @@ def test_select_top_k_errors():
     assert compare.select_top_k(no_bmk, 1, "mean_accuracy") == ["a"]
     with pytest.raises(ValueError, match="bmk_accuracy"):
         compare.select_top_k(no_bmk, 1, "bmk_accuracy")
+
+
+def test_train_images_budget_is_a_fixed_sample_reshuffled_each_epoch(pbc_tfrecords):
+    import numpy as np
+
+    from components import training
+
+    config = load_config("quickstart", overrides={"compare.train_images": 40})
+    s = training.setup(str(pbc_tfrecords), "small_cnn", config, config.compare.train_images)
+    full = training.split_size(s.info, "train")
+    assert s.train_images == 40 < full
+    train_ds, _, _ = training.data(s, seed=0)
+    epochs = [np.concatenate([x.numpy() for x, _ in train_ds]) for _ in range(2)]
+    assert [len(e) for e in epochs] == [40, 40]
+    as_set = [sorted(map(bytes, e)) for e in epochs]
+    assert as_set[0] == as_set[1]  # the same images ...
+    assert any(not np.array_equal(a, b) for a, b in zip(*epochs, strict=True))  # ... reshuffled
+    # A budget above the split size means the whole split.
+    assert training.setup(str(pbc_tfrecords), "small_cnn", config, full + 5).train_images == full

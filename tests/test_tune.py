@@ -22,6 +22,10 @@ def test_tune_writes_best_hparams_within_budget(pbc_tfrecords, tmp_path):
             "tune.epochs": 1,
             "model.batch_size": 32,
             "tune.directory": str(tmp_path / "tuner"),
+            "tune.train_images": 64,
+            "tune.space.optimizers": ["adam", "adamw"],
+            "tune.space.dense_first": [64],
+            "tune.space.dropout": [0.2, 0.2],
         },
     )
     out = tmp_path / "hparams"
@@ -38,7 +42,27 @@ def test_tune_writes_best_hparams_within_budget(pbc_tfrecords, tmp_path):
         assert column in header
     # The artifact is what train reads.
     hp = training.load_hparams(str(out / "best_hparams.json"), config)
-    assert hp.optimizer in training.OPTIMIZERS and hp.dense[0] in (128, 256, 512, 1024)
+    # Every trial stayed inside the configured space.
+    assert hp.optimizer in ("adam", "adamw") and hp.dense[0] == 64 and hp.dropout == 0.2
+    assert {t["optimizer"] for t in trials} <= {"adam", "adamw"}
+
+
+def test_search_space_errors_name_the_key():
+    with pytest.raises(ConfigError, match=r"tune.space.optimizers\[1\]: 'rmsprop' is not one of"):
+        load_config("quickstart", overrides={"tune.space.optimizers": ["adam", "rmsprop"]})
+    with pytest.raises(ConfigError) as err:
+        load_config(
+            "quickstart",
+            overrides={
+                "tune.space.learning_rate": [0.01, 0.001],
+                "tune.space.dropout": [0.5],
+                "tune.space.dense_first": [],
+            },
+        )
+    text = str(err.value)
+    assert "tune.space.learning_rate: expected [low, high]" in text
+    assert "tune.space.dropout: expected [low, high]" in text
+    assert "tune.space.dense_first: give at least one choice" in text
 
 
 def test_zero_trial_budget_is_a_config_error():
