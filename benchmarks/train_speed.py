@@ -1,10 +1,12 @@
-"""Training images/s: TFRecord input pipeline against in-memory tensors, float32 against bf16.
+"""Training images/s: TFRecord input against in-memory tensors, float32 against bf16, XLA.
 
-For each backbone and dtype policy the same compiled model trains alternately from
+For each backbone, dtype policy and XLA setting the same compiled model trains alternately from
 ``components.training.dataset`` (the TFRecord pipeline every stage uses) and from numpy
 arrays already in memory; the ratio TFRecord/in-memory shows whether the input pipeline
 holds the model back (it should be >= 0.9). Epochs alternate so that load from other
-processes hits both feeds alike; the median of the timed epochs is reported.
+processes hits both feeds alike; the median of the timed epochs is reported. ``--xla off on``
+adds the XLA-compiled training step (``model.jit_compile``), whose speed-up is the ratio of the
+two rows' in-memory rates.
 
     python benchmarks/train_speed.py --pbc128 ../shared/data/pbc128 --size 64 \
         --backbones small_cnn resnet_mini mobilenet_v3_small --out train_speed.json
@@ -30,7 +32,7 @@ def timed_epoch(model, feed, images: int) -> float:
     return images / (time.perf_counter() - start)
 
 
-def measure(info, backbone: str, policy: str, batch: int, reps: int) -> dict:
+def measure(info, backbone: str, policy: str, batch: int, reps: int, xla: bool = False) -> dict:
     import numpy as np
 
     from components import training, zoo
@@ -39,7 +41,7 @@ def measure(info, backbone: str, policy: str, batch: int, reps: int) -> dict:
     xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in tfr], strict=True)
     x, y = np.concatenate(xs), np.concatenate(ys)
     model = zoo.build_model(backbone, info.num_classes, info.image_size, policy=policy)
-    training.compile_model(model, training.make_optimizer("adamw", 1e-3), 0.1)
+    training.compile_model(model, training.make_optimizer("adamw", 1e-3), 0.1, jit_compile=xla)
     feeds = {"tfrecord": (tfr,), "memory": (x, y)}
     memory_feed = (x, y)
     model.fit(x[: batch * 2], y[: batch * 2], batch_size=batch, epochs=1, verbose=0)
@@ -53,13 +55,14 @@ def measure(info, backbone: str, policy: str, batch: int, reps: int) -> dict:
     result = {
         "backbone": backbone,
         "policy": policy,
+        "xla": xla,
         "images": len(x),
         "tfrecord_images_per_s": statistics.median(rates["tfrecord"]),
         "memory_images_per_s": statistics.median(rates["memory"]),
     }
     result["ratio"] = result["tfrecord_images_per_s"] / result["memory_images_per_s"]
     print(
-        f"{backbone:20s} {policy:15s} tfrecord {result['tfrecord_images_per_s']:7.1f}  "
+        f"{backbone:20s} {policy:15s} {'xla' if xla else '   '} tfrecord {result['tfrecord_images_per_s']:7.1f}  "
         f"memory {result['memory_images_per_s']:7.1f}  ratio {result['ratio']:.2f}",
         flush=True,
     )
@@ -78,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--policies", nargs="+", default=["float32", "mixed_bfloat16"], help="dtype policies"
     )
+    parser.add_argument("--xla", nargs="+", choices=["off", "on"], default=["off"])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--out", help="write the results as JSON here")
@@ -103,10 +107,26 @@ def main(argv: list[str] | None = None) -> int:
         flags = precision.cpu_flags()
         print(f"CPU native bf16: {precision.cpu_has_fast_bf16(flags)}; {info.image_size} px")
         results = [
-            measure(info, b, p, args.batch, args.reps)
+            measure(info, b, p, args.batch, args.reps, xla == "on")
             for b in args.backbones
             for p in args.policies
+            for xla in args.xla
         ]
+        for r in results:
+            if r["xla"]:
+                plain = next(
+                    (
+                        q
+                        for q in results
+                        if not q["xla"]
+                        and (q["backbone"], q["policy"]) == (r["backbone"], r["policy"])
+                    ),
+                    None,
+                )
+                if plain is None:
+                    continue
+                r["xla_speedup"] = r["memory_images_per_s"] / plain["memory_images_per_s"]
+                print(f"{r['backbone']:20s} {r['policy']:15s} XLA speed-up {r['xla_speedup']:.2f}x")
     summary = {"native_bf16": precision.cpu_has_fast_bf16(flags), "results": results}
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=2))
