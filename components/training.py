@@ -112,13 +112,11 @@ def dataset(
     size = split_size(info, split)
     ds = tfrecords.read_dataset(
         info.data_dir, split, info.num_classes, info.image_size, batch_size=256, seed=seed
-    )
+    ).unbatch()
     if 0 < max_images < size:
-        ds, size = ds.unbatch().take(max_images).batch(256), max_images
+        ds, size = ds.take(max_images), max_images
     if size * info.image_size**2 * 3 <= IN_MEMORY_LIMIT_BYTES:
-        ds = ds.unbatch().cache()
-    else:
-        ds = ds.unbatch()
+        ds = ds.cache()
     if train:
         ds = ds.shuffle(min(size, 16384), seed=seed, reshuffle_each_iteration=True)
     # A known length lets Keras size its epochs (the manifest's counts are checked here).

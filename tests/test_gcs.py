@@ -42,15 +42,20 @@ def _count_downloads(monkeypatch) -> list[str]:
     return calls
 
 
+def _first_per_class(source: Path, dest: Path, count: int) -> Path:
+    """A copy of the first ``count`` images of every class folder of ``source``."""
+    for class_dir in sorted(source.iterdir()):
+        (dest / class_dir.name).mkdir(parents=True)
+        for f in sorted(class_dir.iterdir())[:count]:
+            (dest / class_dir.name / f.name).write_bytes(f.read_bytes())
+    return dest
+
+
 def test_folder_source_of_real_images_reads_from_gs(gcs_bucket, pbc_sample, tmp_path):
     from components.config import load_config
     from components.sources import read_source
 
-    small = tmp_path / "pbc"
-    for class_dir in sorted(pbc_sample.iterdir()):
-        (small / class_dir.name).mkdir(parents=True)
-        for f in sorted(class_dir.iterdir())[:3]:
-            (small / class_dir.name / f.name).write_bytes(f.read_bytes())
+    small = _first_per_class(pbc_sample, tmp_path / "pbc", 3)
     rels = _upload_tree(small, f"{gcs_bucket}/sources/pbc")
 
     local = storage.local_path(f"{gcs_bucket}/sources/pbc")
@@ -70,11 +75,7 @@ def test_ingest_reads_real_images_from_gs_and_publishes_to_gs(gcs_bucket, pbc_sa
     from components.config import load_config
     from components.ingest import ingest
 
-    small = tmp_path / "pbc"
-    for class_dir in sorted(pbc_sample.iterdir()):
-        (small / class_dir.name).mkdir(parents=True)
-        for f in sorted(class_dir.iterdir())[:6]:
-            (small / class_dir.name / f.name).write_bytes(f.read_bytes())
+    small = _first_per_class(pbc_sample, tmp_path / "pbc", 6)
     _upload_tree(small, f"{gcs_bucket}/sources/pbc")
 
     out = f"{gcs_bucket}/runs/pbc32"
