@@ -103,7 +103,9 @@ def dataset(
     split that fits in memory is decoded once and cached; the training split is then
     reshuffled from the cache each epoch. ``max_images`` > 0 keeps only the first that many
     records: balance-and-augment writes the training split in a seeded random order, so
-    they are a fixed random sample (a budget for comparison and tuning runs).
+    they are a fixed random sample (a budget for comparison and tuning runs). Training
+    batches also get a fresh random dihedral view per image every epoch
+    (:func:`random_dihedral`).
     """
     import tensorflow as tf
 
@@ -121,7 +123,29 @@ def dataset(
         ds = ds.shuffle(min(size, 16384), seed=seed, reshuffle_each_iteration=True)
     # A known length lets Keras size its epochs (the manifest's counts are checked here).
     batches = tf.data.experimental.assert_cardinality(math.ceil(size / batch_size))
-    return ds.batch(batch_size).apply(batches).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size).apply(batches)
+    if train:
+        noise = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        ds = tf.data.Dataset.zip(ds, noise).map(
+            lambda batch, r: (random_dihedral(batch[0], tf.stack([r, seed])), batch[1]),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def random_dihedral(images, seed):
+    """Each image of a square batch in one of its 8 flips and 90-degree rotations.
+
+    A smear has no up or left, so all 8 views are the same cell: showing the originals (not
+    only the augmented copies) in a new view each epoch costs nothing next to a training
+    step. ``seed`` is a stateless seed pair.
+    """
+    import tensorflow as tf
+
+    bits = tf.random.stateless_uniform([tf.shape(images)[0], 3, 1, 1, 1], seed, 0, 2, tf.int32)
+    views = tf.where(bits[:, 0] == 1, tf.transpose(images, [0, 2, 1, 3]), images)
+    views = tf.where(bits[:, 1] == 1, tf.reverse(views, [1]), views)
+    return tf.where(bits[:, 2] == 1, tf.reverse(views, [2]), views)
 
 
 # --------------------------------------------------------------------------- hyperparameters
