@@ -25,17 +25,18 @@ TARGETS = {"accuracy": 0.98, "corrupted_accuracy": 0.95, "wall_minutes": 60.0}
 REFERENCE = "reference work (ImageNet weights, GPU): 0.88-0.90 per model, 0.917 ensembled"
 
 
-def task_times(run_root: Path, started: float) -> list[tuple[str, float]]:
-    """(task, seconds) in finishing order, from each task's executor_output.json mtime.
+def task_times(run_root: Path, started: float) -> list[tuple[str, float, float]]:
+    """(task, seconds since the previous task finished, seconds since the run started).
 
-    kfp.local runs tasks one after another, so a task took the time since the previous
-    task finished (the first one since the run started).
+    In finishing order, from each task's executor_output.json mtime. Sequential tasks took
+    their first figure; the iterations of a ParallelFor run at the same time, so the first
+    to finish carries the loop's time and the others only how much later they finished.
     """
     outputs = sorted(run_root.rglob("executor_output.json"), key=lambda p: p.stat().st_mtime)
     rows, last = [], started
     for path in outputs:
         finished = path.stat().st_mtime
-        rows.append((str(path.parent.relative_to(run_root)), finished - last))
+        rows.append((str(path.parent.relative_to(run_root)), finished - last, finished - started))
         last = finished
     return rows
 
@@ -73,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwall time {wall / 60:.1f} min (target < {TARGETS['wall_minutes']:.0f} min)")
     runs = [p for p in result.pipeline_root.iterdir() if p.is_dir()]
     run_root = max(runs, key=lambda p: p.stat().st_mtime)
-    for task, seconds in task_times(run_root, started):
-        print(f"  {task:40s} {seconds / 60:6.1f} min")
+    for task, seconds, at in task_times(run_root, started):
+        print(f"  {task:40s} {seconds / 60:6.1f} min  (done at {at / 60:5.1f} min)")
 
     adapted = (m.get("bn_adaptation") or {}).get("corrupted_accuracy")
     rows = [

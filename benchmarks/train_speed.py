@@ -26,9 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def timed_epoch(model, feed, images: int) -> float:
+def timed_epoch(model, images: int, *feed, **fit_options) -> float:
     start = time.perf_counter()
-    model.fit(*feed, epochs=1, verbose=0)
+    model.fit(*feed, epochs=1, verbose=0, **fit_options)
     return images / (time.perf_counter() - start)
 
 
@@ -42,16 +42,12 @@ def measure(info, backbone: str, policy: str, batch: int, reps: int, xla: bool =
     x, y = np.concatenate(xs), np.concatenate(ys)
     model = zoo.build_model(backbone, info.num_classes, info.image_size, policy=policy)
     training.compile_model(model, training.make_optimizer("adamw", 1e-3), 0.1, jit_compile=xla)
-    feeds = {"tfrecord": (tfr,), "memory": (x, y)}
-    memory_feed = (x, y)
     model.fit(x[: batch * 2], y[: batch * 2], batch_size=batch, epochs=1, verbose=0)
     model.fit(tfr, epochs=1, verbose=0)  # warm-up: tracing, and the decode cache fills
     rates: dict[str, list[float]] = {"tfrecord": [], "memory": []}
     for _ in range(reps):
-        rates["tfrecord"].append(timed_epoch(model, feeds["tfrecord"], len(x)))
-        start = time.perf_counter()
-        model.fit(*memory_feed, batch_size=batch, shuffle=True, epochs=1, verbose=0)
-        rates["memory"].append(len(x) / (time.perf_counter() - start))
+        rates["tfrecord"].append(timed_epoch(model, len(x), tfr))
+        rates["memory"].append(timed_epoch(model, len(x), x, y, batch_size=batch, shuffle=True))
     result = {
         "backbone": backbone,
         "policy": policy,
