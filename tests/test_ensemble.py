@@ -48,6 +48,8 @@ def test_fit_weights_and_temperature_pure():
     t = fit_temperature(overconfident, labels)
     assert t == pytest.approx(4.0, rel=0.1)
     np.testing.assert_allclose(apply_temperature(overconfident, t), good, atol=0.03)
+    # All right on val: no evidence on how far to sharpen, so no sharpening at all.
+    assert fit_temperature(good, predicted) == 1.0
 
 
 @pytest.mark.slow
