@@ -181,13 +181,13 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     would land on the lower bound and sharpen every later prediction towards one-hot:
     val then says nothing about how far to sharpen, and 1.0 is kept.
     """
+    if np.array_equal(probs.argmax(axis=1), labels):
+        return 1.0
     from scipy.optimize import minimize_scalar
 
     def nll(log_t: float) -> float:
         return metrics.log_loss(apply_temperature(probs, float(np.exp(log_t))), labels)
 
-    if np.array_equal(probs.argmax(axis=1), labels):
-        return 1.0
     result = minimize_scalar(nll, bounds=tuple(np.log(T_BOUNDS)), method="bounded")
     best = float(np.exp(result.x))
     return best if nll(result.x) < nll(0.0) else 1.0
