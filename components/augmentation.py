@@ -12,8 +12,9 @@ Where the families come from:
 - geometric: Keras 3 ``RandomFlip``, ``RandomRotation``, ``RandomZoom``, ``RandomTranslation``,
   ``RandomShear`` (reflect fill, which suits cells on a uniform background) plus a random
   transpose, which with the flips gives exact 90-degree rotations;
-- chromatic: Keras 3 ``RandomBrightness``, ``RandomContrast``, ``RandomSaturation``,
-  ``RandomHue``, all with ``value_range=(0, 255)``;
+- chromatic: an exposure change (the HSV value shift of :func:`components.imageops.brightness`),
+  then Keras 3 ``RandomContrast``, ``RandomSaturation`` and ``RandomHue``, all with
+  ``value_range=(0, 255)``;
 - blur: Gaussian, defocus or motion blur from :mod:`components.imageops` (one kind per
   image; they reflect at the border, where Keras' ``RandomGaussianBlur`` pads with zeros);
 - stain, noise, jpeg, pixelate, artifacts: :mod:`components.imageops`;
@@ -95,6 +96,13 @@ BLUR_KINDS = ("gaussian_blur", "defocus_blur", "motion_blur")
 NOISE_KINDS = ("gaussian_noise", "shot_noise", "impulse_noise")
 ARTIFACT_KINDS = ("stain_deposits", "bubbles", "dust")
 VALUE_RANGE = (0, 255)
+EXPOSURE_SHIFT = 0.6
+"""Chromatic strength 1 shifts HSV value by up to +-0.3 (imageops brightness strength 0.6).
+
+Not Keras ``RandomBrightness``: it adds one constant to every pixel, which the per-image
+standardisation of the from-scratch backbones removes, so it taught them nothing. A lamp or
+exposure change moves each pixel's value and saturates the bright background at white,
+which is what the evaluation suite's brightness corruption does (up to +0.28)."""
 _STRENGTH_FLOOR = 0.2
 """Per-image magnitude is drawn uniformly from [floor, 1] x the family's strength."""
 
@@ -332,7 +340,6 @@ def _build_family(name: str, spec: AugFamily) -> _Family:
 
     if name == "chromatic":
         layers = [
-            L.RandomBrightness(0.25 * s, value_range=VALUE_RANGE, **f32),
             L.RandomContrast(
                 0.75 * s, value_range=VALUE_RANGE, **f32
             ),  # factor down to 0.25 at s=1
@@ -340,7 +347,17 @@ def _build_family(name: str, spec: AugFamily) -> _Family:
             L.RandomSaturation((0.5 - 0.25 * s, 0.5 + 0.25 * s), value_range=VALUE_RANGE, **f32),
             L.RandomHue(0.1 * s, value_range=VALUE_RANGE, **f32),
         ]
-        return _Family(name, spec, layers, _keras_chain(layers))
+        chain = _keras_chain(layers)
+        exposure = _imageops_runner("brightness")
+
+        def chromatic(x, seed: int):
+            tf = _tf()
+            shift = tf.random.stateless_uniform(
+                [int(x.shape[0])], seed=[seed, 5], minval=-EXPOSURE_SHIFT, maxval=EXPOSURE_SHIFT
+            )
+            return chain(exposure(x, shift * s, _pair(seed)), seed)
+
+        return _Family(name, spec, layers, chromatic)
 
     if name == "erasing":
         layers = [

@@ -60,6 +60,25 @@ def test_each_family_changes_images_and_keeps_the_mean_plausible(cells, family):
     assert abs(out.mean() - images.mean()) < 25, f"{family}: mean {images.mean()} -> {out.mean()}"
 
 
+def test_chromatic_exposure_reaches_the_suites_brightness_both_ways(cells):
+    """The exposure shift is what per-image standardisation cannot undo: HSV value moves by
+    up to +-0.3 at strength 1 (the suite's brightness corruption goes up to +0.28)."""
+    import tensorflow as tf
+
+    from components.augmentation import build_augmenter
+
+    images, _ = cells
+    batch = np.concatenate([images] * 4)
+    out = build_augmenter(only("chromatic", strength=1.0))(batch, seed=4)
+
+    def mean_value(x: np.ndarray) -> np.ndarray:
+        return tf.image.rgb_to_hsv(x / 255.0)[..., 2].numpy().mean(axis=(1, 2))
+
+    shift = mean_value(out) - mean_value(batch)
+    assert shift.max() > 0.15 and shift.min() < -0.2, (shift.min(), shift.max())
+    assert np.abs(shift).max() < 0.32
+
+
 def test_p_zero_is_identity(cells):
     from components.augmentation import build_augmenter
 
