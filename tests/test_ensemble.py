@@ -84,6 +84,15 @@ def test_build_ensemble_beats_members_on_val(members, tmp_path):
 
     bigger = tf.cast(tf.image.resize(val[0][:4], (48, 48)), tf.uint8).numpy()
     assert predict_arrays(model, bigger).shape == (4, 8)
+    # The resize layer, traced with unknown sizes as a serving graph may be: images at the
+    # working size pass through untouched, others are resized exactly as with known sizes.
+    resize = model.get_layer("resize")
+    traced = tf.function(resize, input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+    np.testing.assert_array_equal(traced(val[0][:4]).numpy(), val[0][:4])
+    resized = traced(bigger).numpy()
+    assert resized.shape == (4, SIZE, SIZE, 3)
+    np.testing.assert_array_equal(resized, resize(bigger).numpy())
+    assert not np.array_equal(resized, val[0][:4])  # a real resize, not a pass-through
 
 
 def test_ensemble_rejects_mismatched_members(members, tmp_path):
