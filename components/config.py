@@ -293,7 +293,7 @@ class TrainConfig:
     optimizer: Literal["adam", "adamw", "sgd", "lion"] = "adamw"
     schedule: Literal["constant", "cosine"] = "cosine"
     # Decoupled, as Keras applies it: each step shrinks weights by learning_rate x weight_decay,
-    # so 1e-4 is negligible for AdamW/Lion (they usually want 1e-2 to 5e-2).
+    # so 1e-4 is negligible for AdamW (which usually wants 1e-2 to 5e-2) and Lion (more).
     weight_decay: float = 1e-4
     label_smoothing: float = 0.1
     unfreeze_layers: int = 20
