@@ -20,6 +20,7 @@ from pipeline.commands.component import split_runner_options
 REPO = Path(__file__).resolve().parents[1]
 BASE_IMAGE = os.environ.get("HEMAFLOW_TEST_BASE_IMAGE", "hemaflow-base:bookworm")
 TEST_REPOSITORY = "hemaflow-test"
+BUILDER_LABEL = "io.hemaflow.stage=builder"  # docker/Dockerfile's builder stage
 
 # --------------------------------------------------------------------------- no engine needed
 
@@ -170,10 +171,15 @@ def _proxy_ca() -> Path | None:
 
 
 @pytest.fixture(scope="session")
-def project_image(engine) -> str:
-    """The project image built on the local base image (minutes the first time, then cached)."""
+def project_image(engine):
+    """The project image built on the local base image, removed at the end of the session.
+
+    Every revision gets its own tag and Docker keeps the builder stage as cache, so what a
+    build leaves behind is never replaced by the next one: at about 3.5 GB a build, a few test
+    runs would fill the disk.
+    """
     lines: list[str] = []
-    _, tags = image.build_image(
+    image_id, tags = image.build_image(
         tag=f"{TEST_REPOSITORY}:ci",
         base_image=BASE_IMAGE,
         ca_cert=_proxy_ca(),
@@ -181,7 +187,13 @@ def project_image(engine) -> str:
         client=engine,
     )
     assert any("Step" in line for line in lines), "the build log is streamed"
-    return tags[0]
+    yield tags[0]
+    engine.images.remove(image_id, force=True)  # every tag, and its untagged layers
+    engine.images.prune(filters={"dangling": True, "label": BUILDER_LABEL})
+    assert not engine.images.list(name=TEST_REPOSITORY), "no test image is left behind"
+    assert not engine.images.list(all=True, filters={"label": BUILDER_LABEL}), (
+        "no builder stage is left behind"
+    )
 
 
 def _run(engine, image_ref: str, command: list[str], **kwargs) -> tuple[int, str]:
