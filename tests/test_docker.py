@@ -189,6 +189,9 @@ def project_image(engine):
     assert any("Step" in line for line in lines), "the build log is streamed"
     yield tags[0]
     engine.images.remove(image_id, force=True)  # every tag, and its untagged layers
+    assert engine.images.list(all=True, filters={"label": BUILDER_LABEL}), (
+        "the builder stage carries its label (else the prune below would miss it)"
+    )
     engine.images.prune(filters={"dangling": True, "label": BUILDER_LABEL})
     assert not engine.images.list(name=TEST_REPOSITORY), "no test image is left behind"
     assert not engine.images.list(all=True, filters={"label": BUILDER_LABEL}), (
