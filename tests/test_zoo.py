@@ -124,3 +124,16 @@ def test_standardize_preprocessing_removes_brightness_and_contrast():
     np.testing.assert_allclose(out.std(axis=(1, 2, 3)), 1.0, atol=1e-2)
     np.testing.assert_allclose(out, out_shifted, atol=2e-2)
     assert zoo.backbone_spec("resnet_mini").preprocess == "standardize"
+
+
+@pytest.mark.parametrize(("size", "stride"), [(32, 2), (64, 2), (96, 3), (128, 4)])
+def test_resnet_mini_stem_brings_every_size_to_the_same_grid(size, stride):
+    backbone = zoo.resnet_mini(size)
+    stem = backbone.get_layer("stem_conv")
+    assert stem.strides == (stride, stride) and stem.kernel_size == (2 * stride - 1,) * 2
+    assert backbone.get_layer("stem_relu").output.shape[1] == -(-size // stride)
+    if size >= 64:  # everything after the stem is the same network at any size
+        assert backbone.output.shape[1:] == (4, 4, 192)
+        assert backbone.count_params() - stem.count_params() == (
+            zoo.resnet_mini(64).count_params() - 3 * 3 * 3 * 24
+        )
