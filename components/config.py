@@ -325,6 +325,10 @@ class TrainConfig:
 class EnsembleConfig:
     fit_weights: bool = True
     calibrate: bool = True
+    # Test-time views: each member also sees the image transposed (2), flipped (4) or in all
+    # 8 symmetries of the square (8), and their probabilities are averaged. A smear has no
+    # up or left, so every view is the same cell; each view costs one more inference pass.
+    views: Literal[1, 2, 4, 8] = 1
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,10 @@ Members are loaded with safe_mode and scored once on the val split. Member weigh
 from each member, and never worse than the best member alone); a temperature is then fitted to
 minimise val NLL. The exported model holds the members, a :class:`WeightedAverage` and a
 ``TemperatureScaling`` layer; it takes raw uint8 images of any size (resized to the
-working size by :class:`ResizeImages`) and returns calibrated probabilities.
+working size by :class:`ResizeImages`) and returns calibrated probabilities. With
+``ensemble.views`` > 1 each member also sees flipped and transposed copies of every image
+(:func:`dihedral_view`), averaged before the weights and the temperature are fitted, so the
+exported model is the one that was fitted.
 
 The layers are defined by :func:`register_layers` so importing this module stays light.
 Weights and temperature are fitted and reported on the same val split, so the reported
@@ -80,6 +83,27 @@ def register_layers() -> dict[str, type]:
             return {**super().get_config(), "size": self.size}
 
     @keras.saving.register_keras_serializable(package="hemaflow")
+    class DihedralView(keras.layers.Layer):
+        """One of the 8 symmetries of the square, applied to a batch (see :func:`dihedral_view`)."""
+
+        def __init__(self, index: int, **kwargs):
+            super().__init__(**kwargs)
+            if not 0 <= int(index) < 8:
+                raise ValueError(f"{self.name}: view index must be in 0-7, got {index}")
+            self.index = int(index)
+
+        def call(self, images):
+            return dihedral_view(images, self.index, keras.ops)
+
+        def compute_output_shape(self, input_shape):
+            if self.index & 1:
+                return (input_shape[0], input_shape[2], input_shape[1], input_shape[3])
+            return input_shape
+
+        def get_config(self):
+            return {**super().get_config(), "index": self.index}
+
+    @keras.saving.register_keras_serializable(package="hemaflow")
     class WeightedAverage(keras.layers.Layer):
         """A fixed weighted average of member probability tensors (weights fitted offline)."""
 
@@ -127,6 +151,7 @@ def register_layers() -> dict[str, type]:
             return {**super().get_config(), "temperature": self.temperature}
 
     _REGISTERED.update(
+        DihedralView=DihedralView,
         ResizeImages=ResizeImages,
         WeightedAverage=WeightedAverage,
         TemperatureScaling=TemperatureScaling,
@@ -140,6 +165,22 @@ if "keras" in sys.modules:
 
 
 # --------------------------------------------------------------------------- fitting (pure)
+
+
+def dihedral_view(images, index: int, ops=np):
+    """View ``index`` (0-7) of an image batch [N, H, W, C]: bit 1 transposes, bit 2 flips
+    rows, bit 4 flips columns, so views 0-1, 0-3 and 0-7 are 2, 4 and 8 distinct symmetries.
+
+    ``ops`` is numpy or ``keras.ops`` (same signatures), so the fitted and exported
+    ensembles see exactly the same pixels.
+    """
+    if index & 1:
+        images = ops.transpose(images, (0, 2, 1, 3))
+    if index & 2:
+        images = ops.flip(images, axis=1)
+    if index & 4:
+        images = ops.flip(images, axis=2)
+    return images
 
 
 def combine(member_probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -218,17 +259,27 @@ def score(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 # --------------------------------------------------------------------------- model
 
 
-def build_ensemble_model(members: list, image_size: int, weights: list[float], temperature: float):
-    """One Keras model: any-size uint8 -> resize -> members -> weighted mean -> temperature."""
+def build_ensemble_model(
+    members: list, image_size: int, weights: list[float], temperature: float, views: int = 1
+):
+    """One Keras model: any-size uint8 -> resize -> members on ``views`` dihedral views
+    (averaged) -> weighted mean -> temperature."""
     import keras
 
     layers = register_layers()
     inputs = keras.Input((None, None, 3), dtype="uint8", name="images")
     resized = layers["ResizeImages"](image_size, name="resize", dtype="float32")(inputs)
+    viewed = [resized] + [
+        layers["DihedralView"](v, name=f"view_{v}", dtype="float32")(resized)
+        for v in range(1, views)
+    ]
     outputs = []
     for i, member in enumerate(members):
         member.name = f"member_{i}_{member.name}"
-        outputs.append(member(resized))
+        per_view = [member(x) for x in viewed]
+        outputs.append(
+            keras.layers.Average(name=f"member_{i}_views")(per_view) if views > 1 else per_view[0]
+        )
     mixed = layers["WeightedAverage"](weights, name="weighted_average", dtype="float32")(outputs)
     calibrated = layers["TemperatureScaling"](temperature, name="temperature", dtype="float32")(
         mixed
@@ -262,9 +313,19 @@ def build_ensemble(
     _check_members(manifests, member_dirs, val.class_names, val.image_size)
     members = [modelio.load_model(p) for p in member_dirs]
 
-    batch = config.evaluate.batch_size
+    batch, views = config.evaluate.batch_size, config.ensemble.views
     member_probs = np.stack(
-        [inference.predict_arrays(m, val.images, batch).astype(np.float64) for m in members]
+        [
+            np.mean(
+                [
+                    inference.predict_arrays(m, dihedral_view(val.images, v), batch)
+                    for v in range(views)
+                ],
+                axis=0,
+                dtype=np.float64,
+            )
+            for m in members
+        ]
     )
     labels = val.labels
     count = len(members)
@@ -301,7 +362,7 @@ def build_ensemble(
         min(r["val_log_loss"] for r in rows),
     )
 
-    model = build_ensemble_model(members, val.image_size, weights.tolist(), temperature)
+    model = build_ensemble_model(members, val.image_size, weights.tolist(), temperature, views)
     check = inference.predict_arrays(model, val.images[:8], batch)
     if not np.allclose(check, calibrated[:8], atol=1e-3):
         raise RuntimeError("ensemble: the built model disagrees with the fitted combination")
@@ -313,6 +374,7 @@ def build_ensemble(
         "ensemble": final,
         "weights": weights.tolist(),
         "temperature": temperature,
+        "views": views,
         "fit_weights": config.ensemble.fit_weights,
         "calibrate": config.ensemble.calibrate,
         "val_count": len(labels),
@@ -331,6 +393,7 @@ def build_ensemble(
                     for p, m, w in zip(member_dirs, manifests, weights, strict=True)
                 ],
                 "temperature": temperature,
+                "views": views,
                 "precision": "float32",
                 "accepts_any_size": True,
                 "synthetic": synthetic,

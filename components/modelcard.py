@@ -35,9 +35,15 @@ def model_card(
             f"{m.get('backbone') or m.get('path')} (weight {float(m.get('weight', 0)):.3f})"
             for m in model_manifest["members"]
         )
+        views = int(model_manifest.get("views", 1))
         architecture = (
             f"Ensemble of {len(model_manifest['members'])} members: {members}; "
-            f"temperature {float(model_manifest.get('temperature', 1.0)):.3f}."
+            f"temperature {float(model_manifest.get('temperature', 1.0)):.3f}"
+            + (
+                f"; each member's answer averaged over {views} symmetric views."
+                if views > 1
+                else "."
+            )
         )
     else:
         architecture = (

@@ -54,6 +54,8 @@ def test_impossible_value(tmp_path: Path):
 def test_literal_choices_are_enforced():
     with pytest.raises(cfg.ConfigError, match=r"augment.mix.kind: 'blend' is not one of"):
         cfg.load_config("quickstart", overrides={"augment.mix.kind": "blend"})
+    with pytest.raises(cfg.ConfigError, match=r"ensemble.views: 3 is not one of 1, 2, 4, 8"):
+        cfg.load_config("quickstart", overrides={"ensemble.views": 3})
 
 
 def test_unknown_profile_is_an_error():

@@ -52,6 +52,52 @@ def test_fit_weights_and_temperature_pure():
     assert fit_temperature(good, predicted) == 1.0
 
 
+def test_dihedral_views_are_the_eight_symmetries_in_numpy_and_keras():
+    import keras
+
+    from components.ensemble import dihedral_view, register_layers
+
+    images = np.random.default_rng(0).integers(0, 256, (2, 5, 5, 3), dtype=np.uint8)
+    views = [dihedral_view(images, v) for v in range(8)]
+    assert len({v.tobytes() for v in views}) == 8  # all distinct
+    for view in views:  # each a rearrangement of the same pixels, of the same image
+        np.testing.assert_array_equal(np.sort(view, axis=None), np.sort(images, axis=None))
+    np.testing.assert_array_equal(views[1][0], images[0].transpose(1, 0, 2))
+    np.testing.assert_array_equal(views[6][0], images[0][::-1, ::-1])  # rotated by 180
+    layer = register_layers()["DihedralView"]
+    for v in range(8):
+        np.testing.assert_array_equal(np.asarray(layer(v)(images)), views[v])
+        np.testing.assert_array_equal(np.asarray(dihedral_view(images, v, keras.ops)), views[v])
+    with pytest.raises(ValueError, match="0-7"):
+        layer(8)
+
+
+@pytest.mark.slow
+def test_eight_view_ensemble_gives_every_view_of_an_image_the_same_answer(members, tmp_path):
+    from components.ensemble import build_ensemble, dihedral_view
+    from components.inference import predict_arrays
+    from components.modelio import load_model, read_model_manifest
+
+    data_dir, dirs, val = members
+    out = tmp_path / "ensemble"
+    config = load_config("quickstart", overrides={"ensemble.views": 8})
+    result = build_ensemble(str(data_dir), dirs[:1], str(out), config)
+    assert read_model_manifest(out)["views"] == 8
+    model = load_model(out)  # safe_mode: DihedralView is registered
+    probs = predict_arrays(model, val[0])
+    from components import metrics
+
+    assert metrics.log_loss(probs, val[1]) == pytest.approx(result["val_log_loss"], abs=1e-3)
+    for v in range(1, 8):
+        np.testing.assert_allclose(
+            predict_arrays(model, dihedral_view(val[0], v)), probs, atol=1e-5
+        )
+    # One view alone is not invariant: the averaging is what makes the answer the same.
+    member = load_model(dirs[0])
+    single = predict_arrays(member, val[0])
+    assert np.abs(predict_arrays(member, dihedral_view(val[0], 1)) - single).max() > 1e-3
+
+
 @pytest.mark.slow
 def test_build_ensemble_beats_members_on_val(members, tmp_path):
     from components.ensemble import build_ensemble

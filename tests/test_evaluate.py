@@ -144,3 +144,19 @@ def test_evaluate_errors_write_nothing(setup, tmp_path):
             str(model_dir), str(data), str(out), quick_config(**{"evaluate.corruptions": ["fog"]})
         )
     assert not out.exists()
+
+
+def test_model_card_names_an_ensembles_members_temperature_and_views():
+    from components.modelcard import model_card
+
+    manifest = {
+        "class_names": list(CLASS_NAMES),
+        "image_size": 64,
+        "members": [{"backbone": "resnet_mini", "weight": 1.0}],
+        "temperature": 1.25,
+        "views": 4,
+    }
+    card = model_card(manifest, {"accuracy": 0.98}, {"source": "pbc128"})
+    assert "Ensemble of 1 members: resnet_mini (weight 1.000); temperature 1.250" in card
+    assert "averaged over 4 symmetric views" in card
+    assert "symmetric views" not in model_card({**manifest, "views": 1}, {}, {})
