@@ -340,7 +340,7 @@ def build_ensemble(
         name = manifest.get("backbone") or Path(str(path).rstrip("/")).name
         rows.append(
             {
-                "model": name,
+                "model": f"{name} ({views} views)" if views > 1 else name,
                 "path": str(path),
                 "weight": float(weights[i]),
                 **score(member_probs[i], labels),

@@ -83,6 +83,8 @@ def test_eight_view_ensemble_gives_every_view_of_an_image_the_same_answer(member
     config = load_config("quickstart", overrides={"ensemble.views": 8})
     result = build_ensemble(str(data_dir), dirs[:1], str(out), config)
     assert read_model_manifest(out)["views"] == 8
+    report = json.loads((out / "report.json").read_text())
+    assert report["views"] == 8 and report["members"][0]["model"] == "tiny0 (8 views)"
     model = load_model(out)  # safe_mode: DihedralView is registered
     probs = predict_arrays(model, val[0])
     from components import metrics
