@@ -49,11 +49,10 @@ def main(argv: list[str] | None = None) -> int:
             ]
         )
         per_view_s = (time.perf_counter() - start) / len(views)
-        base_errors = None
+        single_errors = max(int((views[0].argmax(axis=1) != data.labels).sum()), 1)
         for count in VIEW_COUNTS:
             probs = views[:count].mean(axis=0)
             errors = int((probs.argmax(axis=1) != data.labels).sum())
-            base_errors = errors if base_errors is None else base_errors
             rows.append(
                 {
                     "split": split,
@@ -61,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                     "images": len(data.labels),
                     "accuracy": metrics.accuracy(data.labels, probs.argmax(axis=1)),
                     "errors": errors,
-                    "errors_vs_1_view": errors / max(base_errors, 1),
+                    "errors_vs_1_view": errors / single_errors,
                     "log_loss": metrics.log_loss(probs, data.labels),
                     "seconds": per_view_s * count,
                 }

@@ -95,11 +95,6 @@ def register_layers() -> dict[str, type]:
         def call(self, images):
             return dihedral_view(images, self.index, keras.ops)
 
-        def compute_output_shape(self, input_shape):
-            if self.index & 1:
-                return (input_shape[0], input_shape[2], input_shape[1], input_shape[3])
-            return input_shape
-
         def get_config(self):
             return {**super().get_config(), "index": self.index}
 
@@ -181,6 +176,14 @@ def dihedral_view(images, index: int, ops=np):
     if index & 4:
         images = ops.flip(images, axis=2)
     return images
+
+
+def predict_views(model, images: np.ndarray, views: int, batch_size: int) -> np.ndarray:
+    """``model``'s probabilities for ``images`` averaged over the first ``views`` views."""
+    from components.inference import predict_arrays
+
+    probs = [predict_arrays(model, dihedral_view(images, v), batch_size) for v in range(views)]
+    return np.mean(probs, axis=0, dtype=np.float64)
 
 
 def combine(member_probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -314,19 +317,7 @@ def build_ensemble(
     members = [modelio.load_model(p) for p in member_dirs]
 
     batch, views = config.evaluate.batch_size, config.ensemble.views
-    member_probs = np.stack(
-        [
-            np.mean(
-                [
-                    inference.predict_arrays(m, dihedral_view(val.images, v), batch)
-                    for v in range(views)
-                ],
-                axis=0,
-                dtype=np.float64,
-            )
-            for m in members
-        ]
-    )
+    member_probs = np.stack([predict_views(m, val.images, views, batch) for m in members])
     labels = val.labels
     count = len(members)
     weights = fit_weights(member_probs, labels) if config.ensemble.fit_weights else None

@@ -36,14 +36,10 @@ def model_card(
             for m in model_manifest["members"]
         )
         views = int(model_manifest.get("views", 1))
+        averaged = f"; each member's answer averaged over {views} symmetric views" * (views > 1)
         architecture = (
             f"Ensemble of {len(model_manifest['members'])} members: {members}; "
-            f"temperature {float(model_manifest.get('temperature', 1.0)):.3f}"
-            + (
-                f"; each member's answer averaged over {views} symmetric views."
-                if views > 1
-                else "."
-            )
+            f"temperature {float(model_manifest.get('temperature', 1.0)):.3f}{averaged}."
         )
     else:
         architecture = (
