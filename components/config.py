@@ -292,8 +292,9 @@ class TrainConfig:
     early_stopping_patience: int = 3
     optimizer: Literal["adam", "adamw", "sgd", "lion"] = "adamw"
     schedule: Literal["constant", "cosine"] = "cosine"
-    # Decoupled, as Keras applies it: each step shrinks weights by learning_rate x weight_decay,
-    # so 1e-4 is negligible for AdamW (which usually wants 1e-2 to 5e-2) and Lion (more).
+    # Decoupled, as Keras applies it to AdamW, SGD and Lion (kernels only, not BatchNorm or
+    # biases): each step shrinks them by learning_rate x weight_decay, so 1e-4 suits SGD but
+    # is negligible for AdamW (which usually wants 1e-2 to 5e-2) and Lion (more).
     weight_decay: float = 1e-4
     label_smoothing: float = 0.1
     unfreeze_layers: int = 20

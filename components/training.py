@@ -26,6 +26,8 @@ log = logging.getLogger("hemaflow.training")
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "lion")
 SCHEDULES = ("constant", "cosine")
+# Variables that weight decay leaves alone (patterns over variable names).
+NO_WEIGHT_DECAY = ["gamma", "beta", "bias"]
 IN_MEMORY_LIMIT_BYTES = 2 << 30
 
 
@@ -229,7 +231,11 @@ def make_optimizer(
     total_steps: int = 0,
     weight_decay: float = 0.0,
 ):
-    """An optimizer by name, with a constant or cosine (with 5% linear warm-up) rate."""
+    """An optimizer by name, with a constant or cosine (with 5% linear warm-up) rate.
+
+    ``weight_decay`` is decoupled (Keras shrinks each kernel by rate x decay per step) and
+    applies to AdamW, SGD and Lion; Adam has none (Adam with decay is AdamW).
+    """
     import keras
 
     if name not in OPTIMIZERS:
@@ -249,10 +255,16 @@ def make_optimizer(
     if name == "adam":
         return keras.optimizers.Adam(rate)
     if name == "adamw":
-        return keras.optimizers.AdamW(rate, weight_decay=weight_decay)
-    if name == "sgd":
-        return keras.optimizers.SGD(rate, momentum=0.9, nesterov=True)
-    return keras.optimizers.Lion(rate, weight_decay=weight_decay or None)
+        optimizer = keras.optimizers.AdamW(rate, weight_decay=weight_decay)
+    elif name == "sgd":
+        optimizer = keras.optimizers.SGD(
+            rate, momentum=0.9, nesterov=True, weight_decay=weight_decay or None
+        )
+    else:
+        optimizer = keras.optimizers.Lion(rate, weight_decay=weight_decay or None)
+    # Decay only kernels: shrinking BatchNorm scales and offsets or biases regularises nothing.
+    optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
+    return optimizer
 
 
 def compile_model(

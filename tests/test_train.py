@@ -111,10 +111,27 @@ def test_hparams_file_overrides_and_is_checked(tmp_path):
         training.load_hparams(str(path), config)
 
 
-def test_optimizers_and_schedule():
+def test_weight_decay_shrinks_kernels_only():
+    """A step with zero gradients moves nothing but decayed weights: the kernels under
+    AdamW, SGD and Lion; never BatchNorm's scale and offset or a bias, and nothing under Adam."""
+    import keras
+
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization()]
+    )
     for name in training.OPTIMIZERS:
-        opt = training.make_optimizer(name, 1e-3, "cosine", total_steps=100, weight_decay=1e-4)
-        assert opt is not None
+        for variable in model.trainable_variables:
+            variable.assign(np.ones(variable.shape))
+        optimizer = training.make_optimizer(name, 0.1, weight_decay=0.5)
+        optimizer.apply_gradients(
+            [(np.zeros(v.shape, "float32"), v) for v in model.trainable_variables]
+        )
+        moved = {v.name: float(np.max(np.abs(v.numpy() - 1.0))) for v in model.trainable_variables}
+        expected = 0.0 if name == "adam" else pytest.approx(0.05)
+        assert moved == {"kernel": expected, "bias": 0.0, "gamma": 0.0, "beta": 0.0}, name
+
+
+def test_optimizers_and_schedule():
     opt = training.make_optimizer("adam", 1e-3, "cosine", total_steps=100)
     rates = [float(opt.learning_rate) for _ in range(1)]  # the schedule at step 0: warm-up start
     assert rates[0] == pytest.approx(1e-4)
