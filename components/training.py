@@ -26,7 +26,8 @@ log = logging.getLogger("hemaflow.training")
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "lion")
 SCHEDULES = ("constant", "cosine")
-# Variables that weight decay leaves alone (patterns over variable names).
+# Weight decay shrinks kernels only: decaying BatchNorm scales and offsets or biases
+# regularises nothing. Patterns over variable names.
 NO_WEIGHT_DECAY = ["gamma", "beta", "bias"]
 IN_MEMORY_LIMIT_BYTES = 2 << 30
 
@@ -262,7 +263,6 @@ def make_optimizer(
         )
     else:
         optimizer = keras.optimizers.Lion(rate, weight_decay=weight_decay or None)
-    # Decay only kernels: shrinking BatchNorm scales and offsets or biases regularises nothing.
     optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
     return optimizer
 
