@@ -31,3 +31,22 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> cfg.Config:
     overrides = dict(cfg.parse_override(text) for text in args.overrides)
     overrides.update({k: v for k, v in extra.items() if v is not None})
     return cfg.load_config(profile=args.profile, path=args.config, overrides=overrides)
+
+
+def stage_parser(
+    subparsers: argparse._SubParsersAction, name: str, help: str, description: str, examples: str
+) -> argparse.ArgumentParser:
+    """A stage command's parser, its description and examples printed as written."""
+    return subparsers.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
+    """DATA_DIR and --backbone: what compare, tune and train take first."""
+    parser.add_argument("data_dir", metavar="DATA_DIR", help="a TFRecord folder")
+    parser.add_argument("--backbone", required=True, metavar="NAME", help="zoo backbone name")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.commands._common import add_config_options, config_from_args
+from pipeline.commands._common import add_config_options, config_from_args, stage_parser
 
 DESCRIPTION = """\
 Read a Dataset folder written by `hemaflow ingest`, balance the training split by
@@ -28,12 +28,12 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = stage_parser(
+        subparsers,
         "augment",
-        help="balance and augment a Dataset into sharded TFRecords (Apache Beam)",
-        description=DESCRIPTION,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "balance and augment a Dataset into sharded TFRecords (Apache Beam)",
+        DESCRIPTION,
+        EXAMPLES,
     )
     parser.add_argument(
         "dataset_dir", metavar="DATASET_DIR", help="a Dataset folder from `hemaflow ingest`"

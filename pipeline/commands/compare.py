@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline.commands._common import add_config_options, config_from_args
+from pipeline.commands._common import (
+    add_backbone_arguments,
+    add_config_options,
+    config_from_args,
+    stage_parser,
+)
 
 DESCRIPTION = """\
 Train one backbone for compare.epochs on a TFRecord folder from `hemaflow augment`: the
@@ -21,15 +26,10 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "compare",
-        help="score one candidate backbone (a few epochs)",
-        description=DESCRIPTION,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = stage_parser(
+        subparsers, "compare", "score one candidate backbone (a few epochs)", DESCRIPTION, EXAMPLES
     )
-    parser.add_argument("data_dir", metavar="DATA_DIR", help="a TFRecord folder")
-    parser.add_argument("--backbone", required=True, metavar="NAME", help="zoo backbone name")
+    add_backbone_arguments(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     add_config_options(parser)
     parser.set_defaults(func=run)

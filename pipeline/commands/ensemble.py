@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.commands._common import add_config_options, config_from_args
+from pipeline.commands._common import add_config_options, config_from_args, stage_parser
 
 DESCRIPTION = """\
 Load the member models safely, score them once on the val split of DATA_DIR,
@@ -22,12 +22,12 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = stage_parser(
+        subparsers,
         "ensemble",
-        help="fit weights and a temperature on val and export one ensemble model",
-        description=DESCRIPTION,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "fit weights and a temperature on val and export one ensemble model",
+        DESCRIPTION,
+        EXAMPLES,
     )
     parser.add_argument("data_dir", metavar="DATA_DIR", help="TFRecord or Dataset folder")
     parser.add_argument(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.commands._common import add_config_options, config_from_args
+from pipeline.commands._common import add_config_options, config_from_args, stage_parser
 
 DESCRIPTION = """\
 Score MODEL on a labelled SOURCE: accuracy, balanced accuracy, per-class
@@ -29,12 +29,12 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = stage_parser(
+        subparsers,
         "evaluate",
-        help="metrics, corruption robustness, report and model card for a model",
-        description=DESCRIPTION,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "metrics, corruption robustness, report and model card for a model",
+        DESCRIPTION,
+        EXAMPLES,
     )
     parser.add_argument("model", metavar="MODEL", help="Model folder or .keras file")
     parser.add_argument("source", metavar="SOURCE", help="labelled data (see above)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.commands._common import add_config_options, config_from_args
+from pipeline.commands._common import add_config_options, config_from_args, stage_parser
 
 DESCRIPTION = """\
 Read a data source, decode and resize its images to the working size, check them
@@ -46,12 +46,12 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = stage_parser(
+        subparsers,
         "ingest",
-        help="read, check and split a data source into a Dataset folder",
-        description=DESCRIPTION,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "read, check and split a data source into a Dataset folder",
+        DESCRIPTION,
+        EXAMPLES,
     )
     parser.add_argument(
         "source", nargs="?", metavar="SOURCE", help="what to read (see above; default: data.source)"

@@ -6,7 +6,7 @@ import argparse
 import csv
 import io
 
-from pipeline.commands._common import add_config_options, config_from_args
+from pipeline.commands._common import add_config_options, config_from_args, stage_parser
 
 DESCRIPTION = """\
 Run MODEL on every image of SOURCE and write one CSV row per image: the file
@@ -24,12 +24,12 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = stage_parser(
+        subparsers,
         "predict",
-        help="predict the class of images in a folder, an .npz or one file",
-        description=DESCRIPTION,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "predict the class of images in a folder, an .npz or one file",
+        DESCRIPTION,
+        EXAMPLES,
     )
     parser.add_argument("model", metavar="MODEL", help="Model folder or .keras file")
     parser.add_argument("source", metavar="SOURCE", help="image folder, .npz or image file")

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline.commands._common import add_config_options, config_from_args
+from pipeline.commands._common import (
+    add_backbone_arguments,
+    add_config_options,
+    config_from_args,
+    stage_parser,
+)
 
 DESCRIPTION = """\
 Train one backbone on a TFRecord folder with the hyperparameters of --hparams (a
@@ -24,15 +29,10 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "train",
-        help="train one backbone and export the model",
-        description=DESCRIPTION,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = stage_parser(
+        subparsers, "train", "train one backbone and export the model", DESCRIPTION, EXAMPLES
     )
-    parser.add_argument("data_dir", metavar="DATA_DIR", help="a TFRecord folder")
-    parser.add_argument("--backbone", required=True, metavar="NAME", help="zoo backbone name")
+    add_backbone_arguments(parser)
     parser.add_argument("--hparams", metavar="FILE", help="best_hparams.json from `hemaflow tune`")
     parser.add_argument("--out", required=True, metavar="DIR", help="output Model folder")
     add_config_options(parser)

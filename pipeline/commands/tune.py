@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline.commands._common import add_config_options, config_from_args
+from pipeline.commands._common import (
+    add_backbone_arguments,
+    add_config_options,
+    config_from_args,
+    stage_parser,
+)
 
 DESCRIPTION = """\
 Search head sizes, dropout, optimizer, learning rate and schedule, label smoothing and
@@ -23,15 +28,14 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = stage_parser(
+        subparsers,
         "tune",
-        help="tune one backbone's hyperparameters (keras-tuner)",
-        description=DESCRIPTION,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "tune one backbone's hyperparameters (keras-tuner)",
+        DESCRIPTION,
+        EXAMPLES,
     )
-    parser.add_argument("data_dir", metavar="DATA_DIR", help="a TFRecord folder")
-    parser.add_argument("--backbone", required=True, metavar="NAME", help="zoo backbone name")
+    add_backbone_arguments(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     add_config_options(parser)
     parser.set_defaults(func=run)
