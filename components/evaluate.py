@@ -331,7 +331,7 @@ def build_report(
     if len(wrong):
         names = test.class_names
         titles = [
-            f"{names[test.labels[i]]}->{names[test_probs[i].argmax()]} {test_probs[i].max():.2f}"
+            f"{names[test.labels[i]]}\n-> {names[test_probs[i].argmax()]} {test_probs[i].max():.2f}"
             for i in wrong
         ]
         page.figure("mistakes.png", report.image_grid(test.images[wrong], titles))

@@ -50,7 +50,9 @@ def image_grid(
     plt = _pyplot()
     count = len(images)
     rows = max(1, -(-count // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * cell, rows * cell * 1.15))
+    lines = max((str(t).count("\n") + 1 for t in titles or []), default=0)
+    height = rows * cell * (1 + 0.15 * lines)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * cell, height))
     for i, ax in enumerate(np.atleast_1d(axes).ravel()):
         ax.axis("off")
         if i < count:
