@@ -58,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
 
-    from components.config import load_config, parse_override
-    from pipeline.runners import run_local
+    from hemaflow.pipeline.runners import run_local
+
+    from hemaflow.config import load_config, parse_override
 
     overrides = dict(parse_override(item) for item in args.set)
     config = load_config(args.profile, overrides={"data.source": args.data, **overrides})

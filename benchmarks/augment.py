@@ -30,7 +30,7 @@ def build_dataset(root: Path, folder: Path, fraction: float, size: int, seed: in
     """A Dataset folder from every k-th image of each class, split 70/15/15 per class."""
     from PIL import Image
 
-    from components import dataset
+    from hemaflow.data import dataset
 
     classes = sorted(p for p in root.iterdir() if p.is_dir())
     rng = np.random.default_rng(seed)
@@ -73,9 +73,10 @@ def build_dataset(root: Path, folder: Path, fraction: float, size: int, seed: in
 def naive_baseline(dataset_dir: str, config, out_path: Path, limit: int) -> tuple[int, float]:
     """Augment and write the first ``limit`` planned records one image at a time."""
     import tensorflow as tf
+    from hemaflow.components import augment
 
-    from components import augment, tfrecords
-    from components.augmentation import batch_seed, one_hot
+    from hemaflow.data import tfrecords
+    from hemaflow.imaging.policy import batch_seed, one_hot
 
     manifest, splits = augment.load_dataset(dataset_dir)
     classes = len(manifest["class_names"])
@@ -118,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args(argv)
 
-    from components.augment import balance_and_augment
-    from components.config import load_config
+    from hemaflow.components.augment import balance_and_augment
+
+    from hemaflow.config import load_config
 
     config = load_config(args.profile)
     with tempfile.TemporaryDirectory(prefix="hemaflow-bench-") as tmp:

@@ -33,9 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
     import numpy as np
+    from hemaflow.components.ensemble import dihedral_view
 
-    from components import inference, metrics, modelio
-    from components.ensemble import dihedral_view
+    from hemaflow.modeling import inference, metrics
+    from hemaflow.modeling import loading as modelio
 
     model = modelio.load_model(args.model)
     rows = []

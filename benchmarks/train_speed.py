@@ -1,7 +1,7 @@
 """Training images/s: TFRecord input against in-memory tensors, float32 against bf16, XLA.
 
 For each backbone, dtype policy and XLA setting the same compiled model trains alternately from
-``components.training.dataset`` (the TFRecord pipeline every stage uses) and from numpy
+``hemaflow.modeling.fitting.dataset`` (the TFRecord pipeline every stage uses) and from numpy
 arrays already in memory; the ratio TFRecord/in-memory shows whether the input pipeline
 holds the model back (it should be >= 0.9). Epochs alternate so that load from other
 processes hits both feeds alike; the median of the timed epochs is reported. ``--xla off on``
@@ -35,7 +35,8 @@ def timed_epoch(model, images: int, *feed, **fit_options) -> float:
 def measure(info, backbone: str, policy: str, batch: int, reps: int, xla: bool = False) -> dict:
     import numpy as np
 
-    from components import training, zoo
+    from hemaflow.modeling import fitting as training
+    from hemaflow.modeling import zoo
 
     tfr = training.dataset(info, "train", batch, train=True, seed=0)
     xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in tfr], strict=True)
@@ -67,7 +68,7 @@ def measure(info, backbone: str, policy: str, batch: int, reps: int, xla: bool =
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", help="a TFRecord folder (components.tfrecords format)")
+    parser.add_argument("--data", help="a TFRecord folder (hemaflow.data.tfrecords format)")
     parser.add_argument("--pbc128", default=str(REPO.parent / "shared" / "data" / "pbc128"))
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--per-class", type=int, default=80, help="train images per class")
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
 
-    from components import precision, training
+    from hemaflow.modeling import fitting as training
+    from hemaflow.modeling import precision
 
     with tempfile.TemporaryDirectory(prefix="hemaflow-bench-") as tmp:
         data = args.data

@@ -31,7 +31,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import threading
 import time
 import uuid
@@ -42,8 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from components import dataset, storage, tfrecords
-from components.config import AugmentConfig, Config
+from hemaflow import storage
+from hemaflow.config import AugmentConfig, Config
+from hemaflow.data import dataset, tfrecords
 
 log = logging.getLogger("hemaflow.augment")
 
@@ -285,7 +285,7 @@ def augmenters(aug: AugmentConfig) -> dict[str, Any]:
     Beam may hand each bundle its own copy of a DoFn; sharing the built layers keeps their
     traced graphs too, instead of tracing again per copy.
     """
-    from components.augmentation import Mixer, build_augmenter
+    from hemaflow.imaging.policy import Mixer, build_augmenter
 
     key = json.dumps(dataclasses.asdict(aug), sort_keys=True, default=str)
     if key not in _AUGMENTERS:
@@ -302,7 +302,7 @@ def augmenters(aug: AugmentConfig) -> dict[str, Any]:
 
 def _tick(run_id: str, total: int) -> None:
     """Advance this run's progress bar by one batch (a bar per process)."""
-    from components.progress import progress
+    from hemaflow.progress import progress
 
     if run_id not in _TICKERS:
         _TICKERS[run_id] = iter(progress(range(total), total=total, desc="augment batches"))
@@ -366,7 +366,7 @@ class ProcessBatch:
 
     def __call__(self, batch: Batch) -> Iterator[tuple[tuple[str, int], tuple[int, bytes, int]]]:
 
-        from components.augmentation import batch_seed, one_hot
+        from hemaflow.imaging.policy import batch_seed, one_hot
 
         state = self._setup()
         source = state["splits"][batch.source]
@@ -537,8 +537,8 @@ def build_report(
     synthetic: bool,
 ):
     """The stage's HTML page: the policy on real samples, mixing, Bmk, and class balance."""
-    from components import report
-    from components.augmentation import FAMILIES, one_hot
+    from hemaflow.imaging.policy import FAMILIES, one_hot
+    from hemaflow.reporting import html as report
 
     aug = config.augment
     tools = augmenters(aug)
@@ -680,9 +680,3 @@ def _collect_stats(
                 tf.io.TFRecordWriter(str(folder / name), options).close()
         files[split] = names
     return counts, files
-
-
-if __name__ == "__main__":
-    from pipeline.cli import main
-
-    sys.exit(main(["augment", *sys.argv[1:]]))

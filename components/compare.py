@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from components import storage
-from components.config import Config
+from hemaflow import storage
+from hemaflow.config import Config
 
 log = logging.getLogger("hemaflow.compare")
 
@@ -33,8 +32,9 @@ RESULT_KEYS = (
 
 def compare_backbone(data_dir: str, backbone: str, out_dir: str, config: Config) -> dict:
     """Train ``backbone`` for ``compare.epochs`` on ``data_dir``; write results.json to out_dir."""
-    from components import training, zoo
-    from components.report import Report
+    from hemaflow.modeling import fitting as training
+    from hemaflow.modeling import zoo
+    from hemaflow.reporting.html import Report
 
     s = training.setup(data_dir, backbone, config, config.compare.train_images)
     hp = training.default_hparams(config)
@@ -107,13 +107,3 @@ def select_top_k(results: list[dict], k: int, criterion: str) -> list[str]:
         key=lambda r: (-score(r, criterion), r.get("params", 0), -r.get("train_images_per_s", 0)),
     )
     return [r["backbone"] for r in ranked[:k]]
-
-
-def main(argv: list[str] | None = None) -> int:
-    from pipeline.cli import main as cli
-
-    return cli(["compare", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

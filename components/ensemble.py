@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from components import metrics, storage
-from components.config import Config
-from components.progress import log
+from hemaflow import storage
+from hemaflow.config import Config
+from hemaflow.modeling import metrics
+from hemaflow.progress import log
 
 EPS = 1e-7
 T_BOUNDS = (0.05, 20.0)
@@ -180,7 +181,7 @@ def dihedral_view(images, index: int, ops=np):
 
 def predict_views(model, images: np.ndarray, views: int, batch_size: int) -> np.ndarray:
     """``model``'s probabilities for ``images`` averaged over the first ``views`` views."""
-    from components.inference import predict_arrays
+    from hemaflow.modeling.inference import predict_arrays
 
     probs = [predict_arrays(model, dihedral_view(images, v), batch_size) for v in range(views)]
     return np.mean(probs, axis=0, dtype=np.float64)
@@ -307,7 +308,9 @@ def build_ensemble(
     data_dir: str, member_dirs: list[str], out_dir: str, config: Config
 ) -> dict[str, Any]:
     """Fit weights and temperature on val, export the ensemble Model folder to ``out_dir``."""
-    from components import export, inference, modelio, report
+    from hemaflow.modeling import export, inference
+    from hemaflow.modeling import loading as modelio
+    from hemaflow.reporting import html as report
 
     if not member_dirs:
         raise ValueError("ensemble: name at least one member model folder")

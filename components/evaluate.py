@@ -1,8 +1,8 @@
 """Stage 7, evaluate: clean test, Bmk and the corruption suite, with calibration and robustness.
 
 Clean test and Bmk splits of a TFRecord folder are scored on Beam through tfx-bsl
-RunInference (:mod:`components.inference`), the way they scale to large data. The corrupted
-copies are generated on the fly in memory (``components.corruptions``) and scored in process
+RunInference (:mod:`hemaflow.modeling.inference`), the way they scale to large data. The corrupted
+copies are generated on the fly in memory (``hemaflow.imaging.corruptions``) and scored in process
 with the loaded Keras model; ``evaluate.max_images`` caps how many test images they use.
 An ingest Dataset folder (or any in-memory labelled source) is scored in process throughout.
 
@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from components import metrics, storage
-from components.config import Config
-from components.inference import LabelledSplit
-from components.progress import log, progress
+from hemaflow import storage
+from hemaflow.config import Config
+from hemaflow.modeling import metrics
+from hemaflow.modeling.inference import LabelledSplit
+from hemaflow.progress import log, progress
 
 MISTAKES_SHOWN = 24
 
@@ -75,7 +76,7 @@ def predict_bn_adapted(model, images: np.ndarray, batch_size: int) -> np.ndarray
     ``images`` (momentum (k-1)/k on batch k), which is test-time BN adaptation; frozen
     BatchNorm layers are adapted too. Without BatchNorm layers this is the plain prediction.
     """
-    from components.inference import predict_arrays
+    from hemaflow.modeling.inference import predict_arrays
 
     layers = batchnorm_layers(model)
     if not layers:
@@ -115,8 +116,8 @@ def corruption_results(
     bn_adaptation: bool = False,
 ) -> dict[str, dict[str, dict[int, dict[str, float]]]]:
     """``{"plain"|"adapted": {corruption: {severity: metrics}}}`` over the corruption suite."""
-    from components import corruptions
-    from components.inference import predict_arrays
+    from hemaflow.imaging import corruptions
+    from hemaflow.modeling.inference import predict_arrays
 
     modes = ["plain", "adapted"] if bn_adaptation else ["plain"]
     out: dict[str, dict[str, dict[int, dict[str, float]]]] = {m: {} for m in modes}
@@ -154,7 +155,7 @@ def _pyplot():
 
 
 def reliability_png(table: dict[str, list[float]], title: str) -> bytes:
-    from components.report import figure_png
+    from hemaflow.reporting.html import figure_png
 
     plt = _pyplot()
     edges = np.asarray(table["edges"])
@@ -189,7 +190,7 @@ def reliability_png(table: dict[str, list[float]], title: str) -> bytes:
 
 
 def curves_png(history: dict[str, list[float]]) -> bytes:
-    from components.report import figure_png
+    from hemaflow.reporting.html import figure_png
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
@@ -204,7 +205,7 @@ def curves_png(history: dict[str, list[float]]) -> bytes:
 
 
 def severity_png(by_corruption: dict[str, dict[int, dict[str, float]]], clean: float) -> bytes:
-    from components.report import figure_png
+    from hemaflow.reporting.html import figure_png
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6))
@@ -229,7 +230,8 @@ def build_report(
     corruption_names: list[str],
     seed: int,
 ):
-    from components import corruptions, report
+    from hemaflow.imaging import corruptions
+    from hemaflow.reporting import html as report
 
     page = report.Report(f"hemaflow evaluation: {body['model']['name']}", synthetic=synthetic)
     page.heading("Headline")
@@ -357,7 +359,9 @@ def evaluate_loaded(
     source: str = "",
 ) -> dict[str, Any]:
     """Score a loaded model on in-memory test data (clean probabilities given) and publish."""
-    from components import corruptions, inference, modelcard
+    from hemaflow.imaging import corruptions
+    from hemaflow.modeling import inference
+    from hemaflow.reporting import modelcard
 
     ev = config.evaluate
     class_names = test.class_names
@@ -500,8 +504,8 @@ def evaluate_loaded(
 
 def load_for_evaluation(model_dir: str) -> tuple[Any, dict[str, Any], dict | None]:
     """The loaded model, its manifest (or one derived from the model) and its history."""
-    from components import modelio
-    from components.export import HISTORY
+    from hemaflow.modeling import loading as modelio
+    from hemaflow.modeling.export import HISTORY
 
     model = modelio.load_model(model_dir)
     try:
@@ -536,7 +540,8 @@ def _align(predictions, split: LabelledSplit, what: str) -> np.ndarray:
 
 def evaluate(model_dir: str, data_dir: str, out_dir: str, config: Config) -> dict[str, Any]:
     """Evaluate a Model folder on a TFRecord folder or Dataset folder (its test split)."""
-    from components import dataset, inference
+    from hemaflow.data import dataset
+    from hemaflow.modeling import inference
 
     model, manifest, history = load_for_evaluation(model_dir)
     source, data_dir = str(data_dir), inference.readable(data_dir)
@@ -596,7 +601,7 @@ def evaluate(model_dir: str, data_dir: str, out_dir: str, config: Config) -> dic
 def tf_has_split(data_dir: str, split: str) -> bool:
     import tensorflow as tf
 
-    from components import tfrecords
+    from hemaflow.data import tfrecords
 
     return bool(tf.io.gfile.glob(tfrecords.shard_pattern(data_dir, split)))
 
@@ -613,7 +618,7 @@ def evaluate_arrays(
     synthetic: bool = False,
 ) -> dict[str, Any]:
     """Evaluate on an in-memory labelled source (raw folders, .npz, labels.csv)."""
-    from components import inference
+    from hemaflow.modeling import inference
 
     model, manifest, history = load_for_evaluation(model_dir)
     if len(labels) == 0:

@@ -1,36 +1,37 @@
 """Stage 1, ingest: read a source, check it, split it, and write a Dataset artifact.
 
-The source is decoded to uint8 RGB at the working size (:mod:`components.sources`), checked
-for exact and near duplicates, label conflicts and outliers (:mod:`components.quality`),
+The source is decoded to uint8 RGB at the working size (:mod:`hemaflow.data.sources`), checked
+for exact and near duplicates, label conflicts and outliers (:mod:`hemaflow.data.quality`),
 cleaned as ``data.drop`` says (every dropped image is listed with its reason), and split
 stratified by class into train/val/test with ``config.seed``. Duplicate groups that remain
 are kept whole inside one split, so no picture is seen in training and again in testing.
 
 Output folder (published atomically through :func:`storage.artifact_dir`)::
 
-    train.npz val.npz test.npz   the splits (components.dataset layout)
+    train.npz val.npz test.npz   the splits (hemaflow.data.dataset layout)
     manifest.json                class names, size, counts, source, seed, synthetic, sha256s
     report.json                  every finding: skipped files, bad images, duplicate groups,
                                  label conflicts, outliers, dropped images with reasons
     report.html (+ PNG figures)  class histograms, image sizes, sample and finding grids
 
-Run alone: ``hemaflow ingest SOURCE --out DIR`` or ``python -m components.ingest SOURCE --out DIR``.
+Run alone: ``hemaflow ingest SOURCE --out DIR`` or ``python -m hemaflow.components.ingest SOURCE --out DIR``.
 """
 
 from __future__ import annotations
 
 import html
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from components import dataset, quality, report, storage
-from components.config import Config
-from components.progress import log
-from components.sources import LoadedSource, SourceError, read_source
+from hemaflow import storage
+from hemaflow.config import Config
+from hemaflow.data import dataset, quality
+from hemaflow.data.sources import LoadedSource, SourceError, read_source
+from hemaflow.progress import log
+from hemaflow.reporting import html as report
 
 SPLITS = dataset.DATA_SPLITS
 
@@ -362,9 +363,3 @@ def build_report(
     page.heading("Skipped files")
     page.table(loaded.skipped + loaded.bad_images, ["path", "reason"])
     return page
-
-
-if __name__ == "__main__":
-    from pipeline.cli import main
-
-    sys.exit(main(["ingest", *sys.argv[1:]]))

@@ -13,12 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import sys
 import time
 from typing import Any
 
-from components import storage
-from components.config import Config
+from hemaflow import storage
+from hemaflow.config import Config
 
 log = logging.getLogger("hemaflow.train")
 
@@ -27,8 +26,9 @@ def train_backbone(
     data_dir: str, backbone: str, hparams: str | None, out_dir: str, config: Config
 ) -> dict:
     """Train, then export a Model folder to ``out_dir``; returns val (and Bmk) metrics."""
-    from components import export, training, zoo
-    from components.report import Report
+    from hemaflow.modeling import export, zoo
+    from hemaflow.modeling import fitting as training
+    from hemaflow.reporting.html import Report
 
     start = time.perf_counter()
     hp = training.load_hparams(hparams, config)
@@ -116,13 +116,3 @@ def _concat(histories: list[dict[str, list[float]]]) -> dict[str, list[float]]:
             if key != "epoch":
                 out.setdefault(key, []).extend(values)
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    from pipeline.cli import main as cli
-
-    return cli(["train", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -25,18 +25,17 @@ import io
 import json
 import logging
 import os
-import sys
 from typing import Any
 
-from components import storage
-from components.config import Config
+from hemaflow import storage
+from hemaflow.config import Config
 
 log = logging.getLogger("hemaflow.tune")
 
 
 def hparams_from_values(values: dict[str, Any], pretrained: bool, config: Config) -> dict:
-    """A tuner trial's values as the :class:`components.training.Hparams` fields."""
-    from components import training
+    """A tuner trial's values as the :class:`hemaflow.modeling.fitting.Hparams` fields."""
+    from hemaflow.modeling import fitting as training
 
     base = training.default_hparams(config)
     dense = [int(values["dense_1"])] + ([int(values["dense_2"])] if values.get("dense_2") else [])
@@ -74,7 +73,8 @@ def make_hypermodel(s, config: Config):
 
     import keras_tuner as kt
 
-    from components import training, zoo
+    from hemaflow.modeling import fitting as training
+    from hemaflow.modeling import zoo
 
     space = config.tune.space
 
@@ -152,8 +152,8 @@ def rows_to_csv(rows: list[dict[str, Any]]) -> str:
 
 def tune_backbone(data_dir: str, backbone: str, out_dir: str, config: Config) -> dict:
     """Search hyperparameters for ``backbone``; out_dir gets best_hparams.json + trials table."""
-    from components import training
-    from components.report import Report
+    from hemaflow.modeling import fitting as training
+    from hemaflow.reporting.html import Report
 
     if config.tune.max_trials < 1:
         raise ValueError("tune.max_trials: the tuner budget must be at least 1 trial")
@@ -196,13 +196,3 @@ def tune_backbone(data_dir: str, backbone: str, out_dir: str, config: Config) ->
         report.write(staging)
     log.info("%s: best val accuracy %.4f over %d trial(s)", backbone, best_trial.score, len(rows))
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    from pipeline.cli import main as cli
-
-    return cli(["tune", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,5 @@
-"""hemaflow's Kubeflow Pipelines side: component wrappers, the DAG, runners and the CLI.
+"""hemaflow's Kubeflow Pipelines side: task wrappers, the DAG, runners and the CLI.
 
-The stage logic lives in :mod:`components`; nothing here does a stage's work.
+Installed as ``hemaflow.pipeline``. The stages live in :mod:`hemaflow.components`; nothing
+here does a stage's work.
 """

@@ -12,9 +12,10 @@ import importlib
 import pkgutil
 import sys
 
-import components
-from components.progress import setup_logging
-from pipeline import commands
+from hemaflow.pipeline import commands
+
+import hemaflow
+from hemaflow.progress import setup_logging
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, KeyError, RuntimeError)
 
@@ -25,13 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, tune, ensemble and stress-test blood cell classifiers "
         "as a Kubeflow/Vertex pipeline.",
     )
-    parser.add_argument("--version", action="version", version=f"hemaflow {components.__version__}")
+    parser.add_argument("--version", action="version", version=f"hemaflow {hemaflow.__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
             continue
-        importlib.import_module(f"pipeline.commands.{info.name}").register(subparsers)
+        importlib.import_module(f"hemaflow.pipeline.commands.{info.name}").register(subparsers)
     return parser
 
 

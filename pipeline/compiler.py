@@ -20,19 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hemaflow.pipeline.resources import Target
 
-from components import storage
-from components.config import Config, load_config
-from pipeline.resources import Target
+from hemaflow import storage
+from hemaflow.config import Config, load_config
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 
 
 def compile_pipeline(config: Config, out: str | Path, target: Target = "kubeflow") -> Path:
     """Write the IR YAML of the pipeline for ``config`` to ``out`` (atomically)."""
+    from hemaflow.pipeline.dag import build_pipeline
     from kfp import compiler
-
-    from pipeline.dag import build_pipeline
 
     out = Path(out)
     pipeline = build_pipeline(config, target)

@@ -39,7 +39,7 @@ def configure(
     weights: str,
 ) -> str:
     """Merge the run's parameters into the config overrides and validate them up front."""
-    from pipeline import steps
+    from hemaflow.pipeline import steps
 
     return steps.configure(
         profile,
@@ -62,10 +62,10 @@ def ingest(
     metrics: Output[Metrics],
 ):
     """Stage 1: read, validate, deduplicate and split the source into a Dataset."""
-    from components.ingest import ingest as run
+    from hemaflow.components.ingest import ingest as run
 
     # isort: split
-    from pipeline import steps
+    from hemaflow.pipeline import steps
 
     config = steps.load(profile, overrides)
     out = steps.location(dataset)
@@ -83,10 +83,10 @@ def balance_and_augment(
     metrics: Output[Metrics],
 ):
     """Stage 2: balance classes with augmentation and write sharded TFRecords (+ Bmk)."""
-    from components.augment import balance_and_augment as run
+    from hemaflow.components.augment import balance_and_augment as run
 
     # isort: split
-    from pipeline import steps
+    from hemaflow.pipeline import steps
 
     config = steps.load(profile, overrides)
     out = steps.location(tfrecords)
@@ -104,10 +104,10 @@ def compare(
     metrics: Output[Metrics],
 ) -> dict:
     """Stage 3: a few epochs of one candidate backbone; its scores feed select-top-k."""
-    from components.compare import compare_backbone
+    from hemaflow.components.compare import compare_backbone
 
     # isort: split
-    from pipeline import steps
+    from hemaflow.pipeline import steps
 
     config = steps.load(profile, overrides)
     scores = compare_backbone(steps.location(data), backbone, steps.location(result), config)
@@ -122,10 +122,10 @@ def select_top_k(
     overrides: str,
 ) -> List[str]:  # noqa: UP006
     """The k best candidates by the profile's criterion."""
-    from components.compare import select_top_k as pick
+    from hemaflow.components.compare import select_top_k as pick
 
     # isort: split
-    from pipeline import steps
+    from hemaflow.pipeline import steps
 
     config = steps.load(profile, overrides)
     return list(pick(list(results), k, config.compare.criterion))
@@ -140,10 +140,10 @@ def tune(
     metrics: Output[Metrics],
 ):
     """Stage 4: keras-tuner search for one backbone; best_hparams.json is the artifact."""
-    from components.tune import tune_backbone
+    from hemaflow.components.tune import tune_backbone
 
     # isort: split
-    from pipeline import steps
+    from hemaflow.pipeline import steps
 
     config = steps.load(profile, overrides)
     best = tune_backbone(steps.location(data), backbone, steps.location(hparams), config)
@@ -160,11 +160,12 @@ def train(
     metrics: Output[Metrics],
 ):
     """Stage 5: final training of one backbone with its tuned hyperparameters."""
-    from components.train import train_backbone
+    from hemaflow.components.train import train_backbone
 
     # isort: split
-    from components import storage
-    from pipeline import steps
+    from hemaflow.pipeline import steps
+
+    from hemaflow import storage
 
     config = steps.load(profile, overrides)
     best = storage.join(steps.location(hparams), "best_hparams.json")
@@ -182,10 +183,10 @@ def ensemble(
     metrics: Output[Metrics],
 ):
     """Stage 6: combine the trained members into one calibrated model."""
-    from components.ensemble import build_ensemble
+    from hemaflow.components.ensemble import build_ensemble
 
     # isort: split
-    from pipeline import steps
+    from hemaflow.pipeline import steps
 
     config = steps.load(profile, overrides)
     member_dirs = [steps.location(m) for m in members]
@@ -206,10 +207,10 @@ def evaluate(
     card: Output[Markdown],
 ):
     """Stage 7: clean, Bmk and corruption-suite metrics, report and model card."""
-    from components.evaluate import evaluate as run
+    from hemaflow.components.evaluate import evaluate as run
 
     # isort: split
-    from pipeline import steps
+    from hemaflow.pipeline import steps
 
     config = steps.load(profile, overrides)
     out = steps.location(evaluation)

@@ -19,19 +19,19 @@ before any data is read.
 import json
 from typing import Any, NamedTuple
 
-from components.config import Config
-from pipeline import resources
-from pipeline.resources import Target
+from hemaflow.pipeline import resources
+from hemaflow.pipeline.resources import Target
+
+from hemaflow.config import Config
 
 
 def build_pipeline(config: Config, target: Target = "kubeflow") -> Any:
     """The KFP pipeline (a GraphComponent) for ``config`` on ``target``."""
     from typing import List  # noqa: UP035 - KFP's type parser knows typing.List
 
+    from hemaflow.pipeline.components import make_components
     from kfp import dsl
     from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model
-
-    from pipeline.components import make_components
 
     ops = make_components(config.pipeline.image)
     caching = config.pipeline.caching
@@ -118,7 +118,7 @@ def build_pipeline(config: Config, target: Target = "kubeflow") -> Any:
 
 def parameters(config: Config) -> dict[str, Any]:
     """The pipeline parameters that reproduce ``config`` (what submit sends)."""
-    from pipeline import steps
+    from hemaflow.pipeline import steps
 
     return {
         "source": config.data.source,

@@ -124,8 +124,9 @@ def run_stage(
     client: Any = None,
 ) -> int:
     """Run ``hemaflow STAGE ARGS`` in ``image``; streams its output, returns its exit code."""
+    from hemaflow.pipeline.image import ImageError, docker_client
+
     import docker
-    from pipeline.image import ImageError, docker_client
 
     client = client or docker_client()
     try:

@@ -194,11 +194,11 @@ def build_image(
     client: Any = None,
 ) -> tuple[str, list[str]]:
     """Build the CPU (or GPU) image; returns (image id, tags). Raises :class:`ImageError`."""
-    import components
     import docker
+    import hemaflow
 
     client = client or docker_client()
-    version = components.__version__
+    version = hemaflow.__version__
     revision = git_revision(root)
     tags = image_tags(version, revision, tag, gpu)
     args = {

@@ -1,7 +1,7 @@
 """Per-task resources from the profile: requests, limits, accelerators, node pools, retries.
 
 One table says which ``config.resources`` section each task uses; :func:`apply` turns a
-:class:`~components.config.TaskResources` into KFP task settings. Accelerator names differ by
+:class:`~hemaflow.config.TaskResources` into KFP task settings. Accelerator names differ by
 backend: Vertex wants its machine enum (``NVIDIA_TESLA_T4``), Kubeflow the Kubernetes
 resource name (``nvidia.com/gpu``) plus a node selector choosing the GPU model.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from components.config import Config, TaskResources
+from hemaflow.config import Config, TaskResources
 
 Target = Literal["kubeflow", "vertex"]
 TARGETS: tuple[str, ...] = ("kubeflow", "vertex")

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from components import storage
-from components.config import Config
+from hemaflow import storage
+from hemaflow.config import Config
 
 Runner = Literal["subprocess", "docker"]
 RUNNERS: tuple[str, ...] = ("subprocess", "docker")
@@ -93,9 +93,8 @@ def run_local(
     caching: bool = True,
 ) -> LocalRun:
     """Run the whole pipeline with kfp.local and return (and optionally copy) its results."""
+    from hemaflow.pipeline import dag, steps
     from kfp import local
-
-    from pipeline import dag, steps
 
     config = resolve_source(config)
     steps.validate_request(config, list(config.model.backbones), config.compare.top_k)

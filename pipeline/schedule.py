@@ -12,8 +12,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from components.config import Config
-from pipeline.submit import kfp_client, kubeflow_errors, vertex_errors
+from hemaflow.pipeline.submit import kfp_client, kubeflow_errors, vertex_errors
+
+from hemaflow.config import Config
 
 
 class CronError(ValueError):
@@ -196,7 +197,7 @@ def create_vertex(
     credentials: Any = None,
 ) -> Schedule:
     """A Vertex AI PipelineJobSchedule of the compiled pipeline."""
-    from pipeline.submit import vertex_job
+    from hemaflow.pipeline.submit import vertex_job
 
     expression = vertex_cron(cron)
     job = vertex_job(
@@ -245,8 +246,8 @@ def create(
     import tempfile
     from pathlib import Path
 
-    from pipeline import dag
-    from pipeline.submit import check_request, prepare_package
+    from hemaflow.pipeline import dag
+    from hemaflow.pipeline.submit import check_request, prepare_package
 
     (vertex_cron if backend == "vertex" else kubeflow_cron)(cron)
     check_request(config, backend, options.get("pipeline_root"))

@@ -15,8 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Protocol
 
-from components import config as cfg
-from components import storage
+from hemaflow import config as cfg
+from hemaflow import storage
 
 
 class ArtifactLike(Protocol):
@@ -73,7 +73,7 @@ def validate_request(config: cfg.Config, backbones: list[str], k: int) -> None:
             f"k: cannot select the top {k} of {len(backbones)} candidate backbone(s) "
             f"({', '.join(backbones)}); choose 1 <= k <= {len(backbones)}"
         )
-    from components.zoo import known_backbones
+    from hemaflow.modeling.zoo import known_backbones
 
     known = list(known_backbones())
     unknown = [b for b in backbones if b not in known]

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.config import Config
-from pipeline.resources import Target
+from hemaflow.pipeline.resources import Target
+
+from hemaflow.config import Config
 
 BACKENDS: tuple[str, ...] = ("kubeflow", "vertex")
 
@@ -35,7 +36,7 @@ class Submission:
 
 def check_request(config: Config, backend: str, pipeline_root: str | None) -> None:
     """Refuse a submission that could only fail remotely (bad backbones, k, pipeline root)."""
-    from pipeline import steps
+    from hemaflow.pipeline import steps
 
     if backend not in BACKENDS:
         raise ValueError(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}")
@@ -49,7 +50,7 @@ def check_request(config: Config, backend: str, pipeline_root: str | None) -> No
 
 def prepare_package(config: Config, target: Target, package: str | None, workdir: Path) -> Path:
     """The compiled file to send: ``package`` after checking it is IR, else a fresh compile."""
-    from pipeline import compiler
+    from hemaflow.pipeline import compiler
 
     if package:
         compiler.load_ir(package)
@@ -202,7 +203,7 @@ def submit(
     **options: Any,
 ) -> Submission:
     """Check, compile (unless ``package``) and submit ``config``'s pipeline to ``backend``."""
-    from pipeline import dag
+    from hemaflow.pipeline import dag
 
     check_request(config, backend, options.get("pipeline_root"))
     parameters = dag.parameters(config)

@@ -100,7 +100,7 @@ def gcs_bucket(gcs_emulator) -> str:
     """A fresh, empty bucket on the emulator; returns its gs:// URI."""
     import uuid
 
-    from components import gcs
+    from hemaflow.storage import gcs
 
     name = f"hemaflow-test-{uuid.uuid4().hex[:10]}"
     gcs.client().create_bucket(name)

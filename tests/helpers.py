@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from components.config import CLASS_NAMES
+from hemaflow.config import CLASS_NAMES
 
 SIZE = 32
 
@@ -64,7 +64,7 @@ def train_tiny(images, labels, epochs: int = 4, seed: int = 0, width: int = 8):
 
 def write_dataset(folder: Path, splits: dict[str, tuple], size: int = SIZE) -> Path:
     """An ingest-style Dataset folder from ``{split: (images, labels, names)}``."""
-    from components import dataset
+    from hemaflow.data import dataset
 
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
@@ -86,8 +86,8 @@ def write_dataset(folder: Path, splits: dict[str, tuple], size: int = SIZE) -> P
 
 def write_tfrecord_folder(folder: Path, splits: dict[str, tuple], size: int = SIZE) -> Path:
     """A balance-and-augment-style TFRecord folder from ``{split: (images, labels, names)}``."""
-    from components import dataset
-    from components.tfrecords import encode_example, write_shards
+    from hemaflow.data import dataset
+    from hemaflow.data.tfrecords import encode_example, write_shards
 
     folder.mkdir(parents=True, exist_ok=True)
     counts = {}
@@ -112,7 +112,7 @@ def write_tfrecord_folder(folder: Path, splits: dict[str, tuple], size: int = SI
 
 
 def write_pbc_tfrecords(root: Path, dest: Path, size: int, per_class: dict[str, int]) -> Path:
-    """A TFRecord folder (components.tfrecords format + manifest) of real pbc128 images.
+    """A TFRecord folder (hemaflow.data.tfrecords format + manifest) of real pbc128 images.
 
     Each class's files (sorted) are dealt out in order to the splits of ``per_class``
     (e.g. ``{"train": 30, "val": 10, "bmk": 10}``), so no image is in two splits.
@@ -121,7 +121,7 @@ def write_pbc_tfrecords(root: Path, dest: Path, size: int, per_class: dict[str, 
     import numpy as np
     from PIL import Image
 
-    from components import tfrecords
+    from hemaflow.data import tfrecords
 
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     dest.mkdir(parents=True, exist_ok=True)

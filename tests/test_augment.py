@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components import dataset, tfrecords
-from components.config import AugFamily, AugmentPolicy, load_config
+from hemaflow.config import AugFamily, AugmentPolicy, load_config
+from hemaflow.data import dataset, tfrecords
 
 SIZE = 32
 TRAIN_PER_CLASS = (7, 6, 5, 4, 3, 2, 2, 1)  # imbalanced on purpose
@@ -89,7 +89,7 @@ def ds(pbc128_root, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def out(ds, tmp_path_factory) -> tuple[Path, dict]:
-    from components.augment import balance_and_augment
+    from hemaflow.components.augment import balance_and_augment
 
     folder = tmp_path_factory.mktemp("tfr") / "records"
     summary = balance_and_augment(str(ds), str(folder), small_config())
@@ -111,7 +111,7 @@ def read_split(folder: Path, split: str, num_classes: int = 8):
 
 
 def test_balance_plan_counts_are_exact():
-    from components.augment import balance_plan
+    from hemaflow.components.augment import balance_plan
 
     labels = np.repeat(np.arange(4), [9, 4, 2, 1])
     rows, copy, mixed = balance_plan(labels, 4, "max", copies=2, seed=3)
@@ -127,7 +127,7 @@ def test_balance_plan_counts_are_exact():
 
 
 def test_balance_plan_refuses_an_empty_class():
-    from components.augment import AugmentError, balance_plan
+    from hemaflow.components.augment import AugmentError, balance_plan
 
     with pytest.raises(AugmentError, match="class index 2 has no training images"):
         balance_plan(np.array([0, 1, 1, 3]), 4, "max", copies=1, seed=0)
@@ -139,8 +139,7 @@ def test_runner_options_pass_through():
         GoogleCloudOptions,
         StandardOptions,
     )
-
-    from components.augment import pipeline_options
+    from hemaflow.components.augment import pipeline_options
 
     aug = small_config(
         **{
@@ -161,7 +160,7 @@ def test_runner_options_pass_through():
 
 
 def test_remote_runners_need_a_gcs_output_and_shards_are_gathered(tmp_path):
-    from components.augment import AugmentError, gather_shards, write_root
+    from hemaflow.components.augment import AugmentError, gather_shards, write_root
 
     assert write_root("DirectRunner", str(tmp_path)) is None
     with pytest.raises(AugmentError, match="DataflowRunner runs on remote workers.*gs://"):
@@ -279,7 +278,7 @@ def test_bmk_is_the_test_split_augmented(out, ds):
 
 @pytest.mark.slow
 def test_same_dataset_and_seed_give_the_same_bytes(out, ds, tmp_path):
-    from components.augment import balance_and_augment
+    from hemaflow.components.augment import balance_and_augment
 
     folder, _ = out
     config = small_config(
@@ -304,7 +303,7 @@ def read_records(path: Path) -> list[bytes]:
 
 
 def test_missing_dataset_dir(tmp_path):
-    from components.augment import balance_and_augment
+    from hemaflow.components.augment import balance_and_augment
 
     missing = tmp_path / "nowhere"
     with pytest.raises(dataset.DatasetError, match="nowhere: no such Dataset folder"):
@@ -313,7 +312,7 @@ def test_missing_dataset_dir(tmp_path):
 
 
 def test_empty_split(ds, tmp_path):
-    from components.augment import load_dataset
+    from hemaflow.components.augment import load_dataset
 
     broken = make_dataset(tmp_path / "empty", Path(_pbc(ds)), evals=0)
     with pytest.raises(dataset.DatasetError, match="split 'val' is empty"):
@@ -323,7 +322,7 @@ def test_empty_split(ds, tmp_path):
 def test_manifest_disagreeing_with_data(ds, tmp_path):
     import shutil
 
-    from components.augment import balance_and_augment, load_dataset
+    from hemaflow.components.augment import balance_and_augment, load_dataset
 
     copy = tmp_path / "copy"
     shutil.copytree(ds, copy)
@@ -341,7 +340,7 @@ def test_manifest_disagreeing_with_data(ds, tmp_path):
 
 
 def test_cli_reports_a_missing_folder_in_one_line(tmp_path, capsys):
-    from pipeline.cli import main
+    from hemaflow.pipeline.cli import main
 
     code = main(["augment", str(tmp_path / "absent"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err

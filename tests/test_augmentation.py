@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.config import AugFamily, AugmentConfig, AugmentPolicy, MixConfig
+from hemaflow.config import AugFamily, AugmentConfig, AugmentPolicy, MixConfig
 
 SIZE = 32
 PER_CLASS = 3
@@ -34,7 +34,7 @@ def only(family: str, p: float = 1.0, strength: float = 0.5) -> AugmentPolicy:
 
 
 def test_families_are_the_config_fields():
-    from components.augmentation import FAMILIES, ORDER
+    from hemaflow.imaging.policy import FAMILIES, ORDER
 
     assert set(FAMILIES) == set(ORDER)
     assert len(ORDER) == len(set(ORDER))
@@ -45,7 +45,7 @@ def test_families_are_the_config_fields():
     [f.name for f in dataclasses.fields(AugmentPolicy)],
 )
 def test_each_family_changes_images_and_keeps_the_mean_plausible(cells, family):
-    from components.augmentation import build_augmenter
+    from hemaflow.imaging.policy import build_augmenter
 
     images, _ = cells
     out = build_augmenter(only(family, strength=1.0))(images, seed=11)
@@ -65,7 +65,7 @@ def test_chromatic_exposure_reaches_the_suites_brightness_both_ways(cells):
     up to +-0.3 at strength 1 (the suite's brightness corruption goes up to +0.28)."""
     import tensorflow as tf
 
-    from components.augmentation import build_augmenter
+    from hemaflow.imaging.policy import build_augmenter
 
     images, _ = cells
     batch = np.concatenate([images] * 4)
@@ -80,7 +80,7 @@ def test_chromatic_exposure_reaches_the_suites_brightness_both_ways(cells):
 
 
 def test_p_zero_is_identity(cells):
-    from components.augmentation import build_augmenter
+    from hemaflow.imaging.policy import build_augmenter
 
     images, _ = cells
     off = AugmentPolicy(**{f.name: AugFamily(0.0, 1.0) for f in dataclasses.fields(AugmentPolicy)})
@@ -88,7 +88,7 @@ def test_p_zero_is_identity(cells):
 
 
 def test_probability_is_per_image(cells):
-    from components.augmentation import build_augmenter
+    from hemaflow.imaging.policy import build_augmenter
 
     images, _ = cells
     out = build_augmenter(only("chromatic", p=0.5))(images, seed=5)
@@ -98,7 +98,7 @@ def test_probability_is_per_image(cells):
 
 @pytest.mark.parametrize("which", ["policy", "bmk_policy"])
 def test_default_policies_stay_in_a_plausible_band(cells, which):
-    from components.augmentation import build_augmenter
+    from hemaflow.imaging.policy import build_augmenter
 
     images, _ = cells
     out = build_augmenter(getattr(AugmentConfig(), which))(images, seed=21)
@@ -110,7 +110,7 @@ def test_default_policies_stay_in_a_plausible_band(cells, which):
 
 @pytest.mark.slow
 def test_same_seed_same_output_even_with_fresh_layers(cells):
-    from components.augmentation import build_augmenter
+    from hemaflow.imaging.policy import build_augmenter
 
     images, _ = cells
     # Keras layers (seed generators), AugMix (Python random) and imageops (stateless seeds).
@@ -130,7 +130,7 @@ def test_same_seed_same_output_even_with_fresh_layers(cells):
 
 
 def test_batch_seed_depends_on_seed_split_and_index():
-    from components.augmentation import batch_seed
+    from hemaflow.imaging.policy import batch_seed
 
     base = batch_seed(1, "train", 0)
     assert base == batch_seed(1, "train", 0)
@@ -143,7 +143,7 @@ def test_batch_seed_depends_on_seed_split_and_index():
 
 @pytest.mark.parametrize("kind", ["cutmix", "mixup"])
 def test_mixing_gives_soft_labels_of_the_partner(cells, kind):
-    from components.augmentation import Mixer, one_hot
+    from hemaflow.imaging.policy import Mixer, one_hot
 
     images, labels = cells
     mixer = Mixer(MixConfig(kind=kind, alpha=1.0))
@@ -162,14 +162,14 @@ def test_mixing_gives_soft_labels_of_the_partner(cells, kind):
 
 
 def test_mixer_refuses_none():
-    from components.augmentation import Mixer
+    from hemaflow.imaging.policy import Mixer
 
     with pytest.raises(ValueError, match="none"):
         Mixer(MixConfig(kind="none"))
 
 
 def test_bad_batches_are_rejected(cells):
-    from components.augmentation import build_augmenter
+    from hemaflow.imaging.policy import build_augmenter
 
     images, _ = cells
     augment = build_augmenter(only("blur"))
@@ -183,7 +183,7 @@ def test_bad_batches_are_rejected(cells):
 
 def test_blur_keeps_the_border_of_a_uniform_image():
     """A blurred flat background stays flat up to the edge (no dark zero-padding frame)."""
-    from components.augmentation import build_augmenter
+    from hemaflow.imaging.policy import build_augmenter
 
     flat = np.full((6, 32, 32, 3), 200, dtype=np.uint8)
     out = build_augmenter(only("blur", strength=1.0))(flat, seed=4)

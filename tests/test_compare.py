@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from hemaflow.components import compare
 
-from components import compare
-from components.config import load_config
+from hemaflow.config import load_config
 
 
 @pytest.mark.slow
@@ -66,7 +66,7 @@ def test_select_top_k_errors():
 def test_train_images_budget_is_a_fixed_sample_reshuffled_each_epoch(pbc_tfrecords):
     import numpy as np
 
-    from components import training
+    from hemaflow.modeling import fitting as training
 
     config = load_config("quickstart", overrides={"compare.train_images": 40})
     s = training.setup(str(pbc_tfrecords), "small_cnn", config, config.compare.train_images)
@@ -92,7 +92,7 @@ def test_training_batches_show_each_image_in_random_dihedral_views():
     import numpy as np
     import tensorflow as tf
 
-    from components import training
+    from hemaflow.modeling import fitting as training
 
     image = np.arange(5 * 5 * 3, dtype=np.uint8).reshape(5, 5, 3)
     batch = np.repeat(image[None], 64, axis=0)

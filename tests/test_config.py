@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from components import config as cfg
+from hemaflow import config as cfg
 
 
 @pytest.mark.parametrize("profile", cfg.available_profiles())

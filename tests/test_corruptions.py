@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.corruptions import (
+from hemaflow.imaging.corruptions import (
     CORRUPTIONS,
     SEVERITIES,
     corrupt,

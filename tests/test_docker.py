@@ -12,10 +12,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from hemaflow.pipeline import docker_run, image
+from hemaflow.pipeline.commands.component import split_runner_options
 
-import components
-from pipeline import docker_run, image
-from pipeline.commands.component import split_runner_options
+import hemaflow
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_IMAGE = os.environ.get("HEMAFLOW_TEST_BASE_IMAGE", "hemaflow-base:bookworm")
@@ -63,7 +63,7 @@ def test_build_context_holds_the_package_and_the_ca_but_not_the_rest(tmp_path):
         names = set(archive.getnames())
         assert archive.extractfile(image.CA_IN_CONTEXT).read() == ca.read_bytes()
     assert {"pyproject.toml", "docker/Dockerfile", "docker/constraints.txt"} <= names
-    assert "components/storage.py" in names and "pipeline/cli.py" in names
+    assert {"hemaflow/storage/__init__.py", "components/ingest.py", "pipeline/cli.py"} <= names
     assert not any(n.startswith((".venv", ".git/", "tests/")) for n in names)
     with pytest.raises(image.ImageError, match="nope.pem: CA certificate file not found"):
         image.build_context(REPO, image.CPU_DOCKERFILE, tmp_path / "nope.pem")
@@ -215,7 +215,7 @@ def test_image_is_labelled_non_root_healthy_and_free_of_the_build_ca(engine, pro
     config = attrs["Config"]
     assert config["User"] == "1000:1000"
     labels = config["Labels"]
-    assert labels["org.opencontainers.image.version"] == components.__version__
+    assert labels["org.opencontainers.image.version"] == hemaflow.__version__
     assert labels["org.opencontainers.image.revision"] == (image.git_revision() or "unknown")
     health = config["Healthcheck"]["Test"]
     assert health[0] == "CMD" and "import" in " ".join(health)
@@ -230,13 +230,13 @@ def test_image_is_labelled_non_root_healthy_and_free_of_the_build_ca(engine, pro
     code, out = _run(engine, project_image, ["sh", "-c", "python3 -c 'import kfp, pipeline.cli'"])
     assert code == 0, out
     code, out = _run(engine, project_image, ["--version"])
-    assert (code, out.strip()) == (0, f"hemaflow {components.__version__}")
+    assert (code, out.strip()) == (0, f"hemaflow {hemaflow.__version__}")
 
 
 @pytest.mark.docker
 @pytest.mark.slow
 def test_a_stage_runs_in_the_image_with_outputs_on_the_host(engine, project_image, tmp_path):
-    from pipeline.cli import main
+    from hemaflow.pipeline.cli import main
 
     out = tmp_path / "work" / "ds"
     code = main(
@@ -288,7 +288,7 @@ def test_push_to_an_unreachable_registry_fails_loudly(engine):
 
 
 def test_cli_reports_a_push_error_in_one_line(monkeypatch, capsys):
-    from pipeline.cli import main
+    from hemaflow.pipeline.cli import main
 
     def fake_build(**kwargs):
         return "sha256:0", ["hemaflow:0.1.0"]
@@ -308,8 +308,9 @@ def test_cli_reports_a_push_error_in_one_line(monkeypatch, capsys):
 @pytest.mark.docker
 @pytest.mark.slow
 def test_quickstart_pipeline_runs_with_the_docker_runner(project_image, tmp_path):
-    from components.modelio import read_model_manifest
-    from pipeline.cli import main
+    from hemaflow.pipeline.cli import main
+
+    from hemaflow.modeling.loading import read_model_manifest
 
     out = tmp_path / "out"
     args = ["run", "--runner", "docker", "--out", str(out), "--no-cache"]

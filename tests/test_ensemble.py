@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.config import CLASS_NAMES, load_config
+from hemaflow.config import CLASS_NAMES, load_config
 from tests.helpers import SIZE, load_pbc_arrays, train_tiny, write_dataset
 
 
 @pytest.fixture(scope="module")
 def members(pbc128_root, tmp_path_factory):
-    from components.export import export_model
+    from hemaflow.modeling.export import export_model
 
     train = load_pbc_arrays(pbc128_root, 16)
     val = load_pbc_arrays(pbc128_root, 8, offset=16)
@@ -29,8 +29,14 @@ def members(pbc128_root, tmp_path_factory):
 
 
 def test_fit_weights_and_temperature_pure():
-    from components import metrics
-    from components.ensemble import apply_temperature, combine, fit_temperature, fit_weights
+    from hemaflow.components.ensemble import (
+        apply_temperature,
+        combine,
+        fit_temperature,
+        fit_weights,
+    )
+
+    from hemaflow.modeling import metrics
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, 400)
@@ -54,8 +60,7 @@ def test_fit_weights_and_temperature_pure():
 
 def test_dihedral_views_are_the_eight_symmetries_in_numpy_and_keras():
     import keras
-
-    from components.ensemble import dihedral_view, register_layers
+    from hemaflow.components.ensemble import dihedral_view, register_layers
 
     images = np.random.default_rng(0).integers(0, 256, (2, 5, 5, 3), dtype=np.uint8)
     views = [dihedral_view(images, v) for v in range(8)]
@@ -74,9 +79,10 @@ def test_dihedral_views_are_the_eight_symmetries_in_numpy_and_keras():
 
 @pytest.mark.slow
 def test_eight_view_ensemble_gives_every_view_of_an_image_the_same_answer(members, tmp_path):
-    from components.ensemble import build_ensemble, dihedral_view
-    from components.inference import predict_arrays
-    from components.modelio import load_model, read_model_manifest
+    from hemaflow.components.ensemble import build_ensemble, dihedral_view
+
+    from hemaflow.modeling.inference import predict_arrays
+    from hemaflow.modeling.loading import load_model, read_model_manifest
 
     data_dir, dirs, val = members
     out = tmp_path / "ensemble"
@@ -87,7 +93,7 @@ def test_eight_view_ensemble_gives_every_view_of_an_image_the_same_answer(member
     assert report["views"] == 8 and report["members"][0]["model"] == "tiny0 (8 views)"
     model = load_model(out)  # safe_mode: DihedralView is registered
     probs = predict_arrays(model, val[0])
-    from components import metrics
+    from hemaflow.modeling import metrics
 
     assert metrics.log_loss(probs, val[1]) == pytest.approx(result["val_log_loss"], abs=1e-3)
     for v in range(1, 8):
@@ -102,9 +108,10 @@ def test_eight_view_ensemble_gives_every_view_of_an_image_the_same_answer(member
 
 @pytest.mark.slow
 def test_build_ensemble_beats_members_on_val(members, tmp_path):
-    from components.ensemble import build_ensemble
-    from components.inference import predict_arrays
-    from components.modelio import load_model, read_model_manifest
+    from hemaflow.components.ensemble import build_ensemble
+
+    from hemaflow.modeling.inference import predict_arrays
+    from hemaflow.modeling.loading import load_model, read_model_manifest
 
     data_dir, dirs, val = members
     out = tmp_path / "ensemble"
@@ -124,7 +131,7 @@ def test_build_ensemble_beats_members_on_val(members, tmp_path):
     model = load_model(out)  # safe_mode: custom layers are registered
     probs = predict_arrays(model, val[0])
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
-    from components import metrics
+    from hemaflow.modeling import metrics
 
     assert metrics.log_loss(probs, val[1]) == pytest.approx(result["val_log_loss"], abs=1e-3)
     # Any input size: 48 px images are resized to the 32 px working size inside the model.
@@ -144,7 +151,7 @@ def test_build_ensemble_beats_members_on_val(members, tmp_path):
 
 
 def test_ensemble_rejects_mismatched_members(members, tmp_path):
-    from components.ensemble import build_ensemble
+    from hemaflow.components.ensemble import build_ensemble
 
     data_dir, dirs, _ = members
     config = load_config("quickstart")

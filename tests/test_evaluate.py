@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from components.config import CLASS_NAMES, load_config
+from hemaflow.config import CLASS_NAMES, load_config
 from tests.helpers import (
     SIZE,
     load_pbc_arrays,
@@ -19,7 +19,7 @@ from tests.helpers import (
 
 @pytest.fixture(scope="module")
 def setup(pbc128_root, tmp_path_factory):
-    from components.export import export_model
+    from hemaflow.modeling.export import export_model
 
     train = load_pbc_arrays(pbc128_root, 16)
     test = load_pbc_arrays(pbc128_root, 5, offset=20)
@@ -46,7 +46,7 @@ def quick_config(**extra):
 
 @pytest.mark.slow
 def test_evaluate_tfrecords_end_to_end(setup, tmp_path):
-    from components.evaluate import evaluate
+    from hemaflow.components.evaluate import evaluate
 
     model, model_dir, records, _, test = setup
     out = tmp_path / "eval"
@@ -94,7 +94,7 @@ def test_evaluate_tfrecords_end_to_end(setup, tmp_path):
 
 
 def test_evaluate_dataset_folder_in_process(setup, tmp_path):
-    from components.evaluate import evaluate
+    from hemaflow.components.evaluate import evaluate
 
     model, model_dir, _, data, test = setup
     result = evaluate(str(model_dir), str(data), str(tmp_path / "eval"), quick_config())
@@ -104,8 +104,9 @@ def test_evaluate_dataset_folder_in_process(setup, tmp_path):
 
 
 def test_bn_adaptation_restores_statistics(setup):
-    from components.corruptions import corrupt
-    from components.evaluate import batchnorm_layers, predict_bn_adapted
+    from hemaflow.components.evaluate import batchnorm_layers, predict_bn_adapted
+
+    from hemaflow.imaging.corruptions import corrupt
 
     model, _, _, _, test = setup
     layer = batchnorm_layers(model)[0]
@@ -123,8 +124,9 @@ def test_bn_adaptation_restores_statistics(setup):
 
 
 def test_evaluate_errors_write_nothing(setup, tmp_path):
-    from components import dataset
-    from components.evaluate import EvaluationError, evaluate
+    from hemaflow.components.evaluate import EvaluationError, evaluate
+
+    from hemaflow.data import dataset
 
     _, model_dir, _, data, test = setup
     other = tmp_path / "other"
@@ -147,7 +149,7 @@ def test_evaluate_errors_write_nothing(setup, tmp_path):
 
 
 def test_model_card_names_an_ensembles_members_temperature_and_views():
-    from components.modelcard import model_card
+    from hemaflow.reporting.modelcard import model_card
 
     manifest = {
         "class_names": list(CLASS_NAMES),

@@ -8,13 +8,13 @@ import zipfile
 import numpy as np
 import pytest
 
-from components.config import CLASS_NAMES
+from hemaflow.config import CLASS_NAMES
 from tests.helpers import SIZE, load_pbc_arrays, tiny_cnn, train_tiny
 
 
 @pytest.fixture(scope="module")
 def exported(pbc128_root, tmp_path_factory):
-    from components.export import export_model
+    from hemaflow.modeling.export import export_model
 
     images, labels, _ = load_pbc_arrays(pbc128_root, 12)
     model, history = train_tiny(images, labels, epochs=1)
@@ -39,8 +39,8 @@ def test_export_writes_model_folder(exported):
 def test_loaded_model_and_endpoints_agree(exported):
     import tensorflow as tf
 
-    from components.modelio import load_model, read_model_manifest
-    from components.tfrecords import encode_example
+    from hemaflow.data.tfrecords import encode_example
+    from hemaflow.modeling.loading import load_model, read_model_manifest
 
     folder, model, images = exported
     batch = images[:6]
@@ -61,7 +61,7 @@ def test_loaded_model_and_endpoints_agree(exported):
 def test_safe_mode_refuses_lambda_layer(tmp_path):
     import keras
 
-    from components.modelio import ModelError, load_model
+    from hemaflow.modeling.loading import ModelError, load_model
 
     inputs = keras.Input((8, 8, 3), dtype="uint8")
     x = keras.layers.Lambda(lambda t: keras.ops.cast(t, "float32") / 255.0)(inputs)
@@ -73,7 +73,7 @@ def test_safe_mode_refuses_lambda_layer(tmp_path):
 
 
 def test_wrong_kinds_of_model_file_are_named(tmp_path):
-    from components.modelio import ModelError, load_model, read_model_manifest
+    from hemaflow.modeling.loading import ModelError, load_model, read_model_manifest
 
     text = tmp_path / "text" / "model.keras"
     text.parent.mkdir()
@@ -110,7 +110,7 @@ def test_wrong_kinds_of_model_file_are_named(tmp_path):
 
 
 def test_export_rejects_class_mismatch(tmp_path):
-    from components.export import export_model
+    from hemaflow.modeling.export import export_model
 
     with pytest.raises(ValueError, match="outputs 8 classes but class_names has 3"):
         export_model(tiny_cnn(), tmp_path / "m", ["a", "b", "c"], SIZE, {})

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components import gcs, storage
+from hemaflow import storage
+from hemaflow.storage import gcs
 
 pytestmark = pytest.mark.gcs
 
@@ -52,8 +53,8 @@ def _first_per_class(source: Path, dest: Path, count: int) -> Path:
 
 
 def test_folder_source_of_real_images_reads_from_gs(gcs_bucket, pbc_sample, tmp_path):
-    from components.config import load_config
-    from components.sources import read_source
+    from hemaflow.config import load_config
+    from hemaflow.data.sources import read_source
 
     small = _first_per_class(pbc_sample, tmp_path / "pbc", 3)
     rels = _upload_tree(small, f"{gcs_bucket}/sources/pbc")
@@ -72,8 +73,9 @@ def test_folder_source_of_real_images_reads_from_gs(gcs_bucket, pbc_sample, tmp_
 
 @pytest.mark.slow
 def test_ingest_reads_real_images_from_gs_and_publishes_to_gs(gcs_bucket, pbc_sample, tmp_path):
-    from components.config import load_config
-    from components.ingest import ingest
+    from hemaflow.components.ingest import ingest
+
+    from hemaflow.config import load_config
 
     small = _first_per_class(pbc_sample, tmp_path / "pbc", 6)
     _upload_tree(small, f"{gcs_bucket}/sources/pbc")
@@ -130,7 +132,7 @@ def test_artifact_written_to_gs_is_complete_and_replaced_whole(gcs_bucket):
 
 
 def test_tfrecords_published_to_gs_are_read_back(gcs_bucket):
-    from components import tfrecords
+    from hemaflow.data import tfrecords
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(10, 16, 16, 3), dtype=np.uint8)
@@ -160,7 +162,7 @@ def test_tfrecords_published_to_gs_are_read_back(gcs_bucket):
 def test_keras_model_round_trip_on_gs(gcs_bucket):
     import keras
 
-    from components import modelio
+    from hemaflow.modeling import loading as modelio
 
     inputs = keras.Input((8,))
     model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))

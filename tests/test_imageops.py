@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components import imageops
+from hemaflow.imaging import ops as imageops
 
 SEED = (7, 11)
 

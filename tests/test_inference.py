@@ -7,14 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from components.config import CLASS_NAMES
+from hemaflow.config import CLASS_NAMES
 from tests.helpers import SIZE, load_pbc_arrays, train_tiny
 
 
 @pytest.fixture(scope="module")
 def model_and_records(pbc128_root, tmp_path_factory):
-    from components.export import export_model
-    from components.tfrecords import encode_example, write_shards
+    from hemaflow.data.tfrecords import encode_example, write_shards
+    from hemaflow.modeling.export import export_model
 
     images, labels, names = load_pbc_arrays(pbc128_root, 10)
     model, _ = train_tiny(images, labels, epochs=1)
@@ -31,7 +31,7 @@ def model_and_records(pbc128_root, tmp_path_factory):
 
 
 def test_run_inference_matches_keras(model_and_records, tmp_path):
-    from components.inference import predict_arrays, predict_tfrecords
+    from hemaflow.modeling.inference import predict_arrays, predict_tfrecords
 
     model, model_dir, data_dir, images, labels, names = model_and_records
     preds = predict_tfrecords(str(model_dir), str(data_dir), "test", out_dir=tmp_path / "out")
@@ -47,7 +47,7 @@ def test_run_inference_matches_keras(model_and_records, tmp_path):
 
 
 def test_inference_errors(model_and_records, tmp_path):
-    from components.inference import InferenceError, predict_arrays, predict_tfrecords
+    from hemaflow.modeling.inference import InferenceError, predict_arrays, predict_tfrecords
 
     model, model_dir, data_dir, *_ = model_and_records
     with pytest.raises(InferenceError, match="no 'bmk' TFRecord shards"):

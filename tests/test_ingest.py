@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hemaflow.components.ingest import choose_drops, ingest, stratified_split
+from hemaflow.pipeline.cli import main
 from PIL import Image
 
-from components import dataset
-from components.config import load_config
-from components.ingest import choose_drops, ingest, stratified_split
-from components.sources import SourceError
-from pipeline.cli import main
+from hemaflow.config import load_config
+from hemaflow.data import dataset
+from hemaflow.data.sources import SourceError
 from tests.test_quality import non_cell_images
 
 
@@ -162,7 +162,7 @@ def test_synthetic_default_is_labelled_everywhere(tmp_path):
 
 def test_medmnist_npz_ingest_records_given_splits(tmp_path):
     images, labels = [], []
-    from components import synthetic
+    from hemaflow.data import synthetic
 
     images, labels = synthetic.generate(6, 28, seed=3)
     order = np.random.default_rng(0).permutation(len(labels))
@@ -201,8 +201,8 @@ def test_every_image_dropped_is_an_error(tmp_path):
 
 
 def test_drop_policy_can_keep_everything(dirty):
-    from components import quality
-    from components.sources import read_folder
+    from hemaflow.data import quality
+    from hemaflow.data.sources import read_folder
 
     loaded = read_folder(dirty["root"], 32)
     findings = quality.analyse(loaded.images, loaded.labels, 4, 6.0)
@@ -245,7 +245,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 def test_module_entry_point_help():
     result = subprocess.run(
-        [sys.executable, "-m", "components.ingest", "--help"],
+        [sys.executable, "-m", "hemaflow", "ingest", "--help"],
         capture_output=True,
         text=True,
         timeout=120,

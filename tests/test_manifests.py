@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from components.config import load_config
+from hemaflow.config import load_config
 
 MANIFESTS = Path(__file__).resolve().parents[1] / "manifests"
 K8S_VERSION = "1.31"
@@ -92,7 +92,7 @@ def test_overlay_wires_submitter_gpu_pool_and_identity(tmp_path):
     train = config.resources.train
     assert train.node_selector == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
     assert train.tolerations[0].key == "nvidia.com/gpu"
-    from pipeline import compiler
+    from hemaflow.pipeline import compiler
 
     ir = compiler.load_ir(compiler.compile_pipeline(config, tmp_path / "p.yaml"))
     k8s = ir["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train"]

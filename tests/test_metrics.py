@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components import metrics
+from hemaflow.modeling import metrics
 
 
 def test_confusion_accuracy_balanced():

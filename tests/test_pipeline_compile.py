@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
+from hemaflow.pipeline import compiler
+from hemaflow.pipeline.cli import main
 
-from components.config import available_profiles, load_config
-from pipeline import compiler
-from pipeline.cli import main
+from hemaflow.config import available_profiles, load_config
 
 STAGES = {
     "configure",

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hemaflow.pipeline.cli import main
+from hemaflow.pipeline.runners import local_source, resolve_source
 
-from components.config import load_config
-from pipeline.cli import main
-from pipeline.runners import local_source, resolve_source
+from hemaflow.config import load_config
 
 
 def check_outputs(out: Path) -> dict:
     """The --out folder holds a model that loads and predicts, sane metrics and a report."""
-    from components.modelio import load_model, read_model_manifest
+    from hemaflow.modeling.loading import load_model, read_model_manifest
 
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("accuracy", "balanced_accuracy", "bmk_accuracy", "corrupted_accuracy"):

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 import yaml
+from hemaflow.pipeline import compiler, dag, schedule
+from hemaflow.pipeline.cli import main
+from hemaflow.pipeline.submit import SubmitError, submit
 
-from components.config import ConfigError, load_config
-from pipeline import compiler, dag, schedule
-from pipeline.cli import main
-from pipeline.submit import SubmitError, submit
+from hemaflow.config import ConfigError, load_config
 
 QUICK = {"pipeline.pipeline_root": "gs://bucket/root"}
 
@@ -393,7 +393,7 @@ def test_malformed_cron_is_refused_before_submission(kfp_server, package, capsys
 
 
 def test_merge_and_validate_parameters():
-    from pipeline import steps
+    from hemaflow.pipeline import steps
 
     merged = steps.merge_overrides('{"train.epochs": 9}', epochs=0, trials=3, seed=None)
     assert merged == {"train.epochs": 9, "tune.max_trials": 3}
@@ -406,7 +406,7 @@ def test_merge_and_validate_parameters():
 
 
 def test_config_overrides_rebuild_the_config(tmp_path):
-    from pipeline import steps
+    from hemaflow.pipeline import steps
 
     user = tmp_path / "mine.yaml"
     user.write_text("profile: cpu\ntrain: {epochs: 3}\nmodel: {head: {dense: [32, 16]}}\n")

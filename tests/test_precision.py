@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from components import distribute, precision
+from hemaflow.modeling import distribute, precision
 
 AMX = frozenset({"avx2", "avx512f", "amx_tile", "amx_bf16", "avx512_bf16"})
 AVX2_ONLY = frozenset({"avx2", "fma"})

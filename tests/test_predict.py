@@ -8,9 +8,9 @@ import shutil
 
 import numpy as np
 import pytest
+from hemaflow.pipeline.cli import main
 
-from components.config import CLASS_NAMES
-from pipeline.cli import main
+from hemaflow.config import CLASS_NAMES
 from tests.helpers import SIZE, load_pbc_arrays, train_tiny, write_dataset
 
 QUICK = [
@@ -23,7 +23,7 @@ QUICK = [
 
 @pytest.fixture(scope="module")
 def model_dir(pbc128_root, tmp_path_factory):
-    from components.export import export_model
+    from hemaflow.modeling.export import export_model
 
     images, labels, _ = load_pbc_arrays(pbc128_root, 16)
     model, _ = train_tiny(images, labels)
@@ -50,8 +50,8 @@ def read_csv(path):
 
 
 def test_predict_folder_single_image_and_npz(model_dir, image_folder, tmp_path, capsys):
-    from components.modelio import load_model
-    from components.sources import decode_image
+    from hemaflow.data.sources import decode_image
+    from hemaflow.modeling.loading import load_model
 
     out = tmp_path / "pred.csv"
     assert main(["predict", str(model_dir), str(image_folder), "--out", str(out)]) == 0

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from components import quality
-from components.sources import read_folder
+from hemaflow.data import quality
+from hemaflow.data.sources import read_folder
 
 
 def non_cell_images(size: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components import sources, storage
-from components.config import load_config
-from components.sources import SourceError, read_folder, read_npz, read_source
+from hemaflow import storage
+from hemaflow.config import load_config
+from hemaflow.data import sources
+from hemaflow.data.sources import SourceError, read_folder, read_npz, read_source
 
 
 def small_config(**overrides):

@@ -3,7 +3,7 @@ import stat
 
 import pytest
 
-from components import storage
+from hemaflow import storage
 
 
 def test_artifact_dir_publishes_only_on_success(tmp_path):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components import synthetic
-from components.config import CLASS_NAMES
+from hemaflow.config import CLASS_NAMES
+from hemaflow.data import synthetic
 
 
 def _pooled(images: np.ndarray, side: int = 8) -> np.ndarray:

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components import training
-from components.config import load_config
+from hemaflow.config import load_config
+from hemaflow.modeling import fitting as training
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,8 +31,10 @@ def _config(**overrides):
 
 @pytest.mark.slow
 def test_train_exports_a_model_that_beats_chance(pbc_tfrecords, tmp_path):
-    from components import modelio, tfrecords
-    from components.train import train_backbone
+    from hemaflow.components.train import train_backbone
+
+    from hemaflow.data import tfrecords
+    from hemaflow.modeling import loading as modelio
 
     out = tmp_path / "model"
     metrics = train_backbone(str(pbc_tfrecords), "small_cnn", None, str(out), _config())
@@ -59,7 +61,8 @@ def test_killed_training_resumes_from_its_checkpoint(pbc_tfrecords, tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "components.train",
+        "hemaflow",
+        "train",
         str(pbc_tfrecords),
         "--backbone",
         "small_cnn",
@@ -143,7 +146,7 @@ def test_optimizers_and_schedule():
 
 
 def test_bad_data_folders_are_named(pbc_tfrecords, tmp_path):
-    from components.train import train_backbone
+    from hemaflow.components.train import train_backbone
 
     with pytest.raises(FileNotFoundError, match="manifest.json"):
         train_backbone(str(tmp_path), "small_cnn", None, str(tmp_path / "m"), _config())
@@ -158,7 +161,7 @@ def test_bad_data_folders_are_named(pbc_tfrecords, tmp_path):
 
 
 def test_history_concatenates_phases():
-    from components.train import _concat
+    from hemaflow.components.train import _concat
 
     joined = _concat([{"loss": [3.0, 2.0], "epoch": [0, 1]}, {"loss": [1.0], "epoch": [0]}])
     assert joined == {"loss": [3.0, 2.0, 1.0]}
@@ -166,7 +169,7 @@ def test_history_concatenates_phases():
 
 
 def test_work_dir_is_stable_and_unique_per_output(tmp_path):
-    from components.config import ConfigError
+    from hemaflow.config import ConfigError
 
     out = str(tmp_path / "models" / "resnet_mini")
     assert training.default_work_dir(out) == training.default_work_dir(out)

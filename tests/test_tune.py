@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from components import training
-from components.config import ConfigError, load_config
+from hemaflow.config import ConfigError, load_config
+from hemaflow.modeling import fitting as training
 
 
 @pytest.mark.slow
 def test_tune_writes_best_hparams_within_budget(pbc_tfrecords, tmp_path):
-    from components.tune import tune_backbone
+    from hemaflow.components.tune import tune_backbone
 
     config = load_config(
         "quickstart",
@@ -71,7 +71,7 @@ def test_zero_trial_budget_is_a_config_error():
 
 
 def test_trial_values_map_to_hparams():
-    from components.tune import hparams_from_values
+    from hemaflow.components.tune import hparams_from_values
 
     config = load_config("quickstart")
     values = {

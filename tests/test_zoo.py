@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components import zoo
-from components.config import HeadConfig
+from hemaflow.config import HeadConfig
+from hemaflow.modeling import zoo
 
 
 def _images(n: int, size: int) -> np.ndarray:

@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from pipeline.submit import BACKENDS
+from hemaflow.pipeline.submit import BACKENDS
 
 
 def add_backend_options(parser: argparse.ArgumentParser, run_options: bool = True) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from components import config as cfg
+from hemaflow import config as cfg
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:

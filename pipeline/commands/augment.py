@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.commands._common import add_config_options, config_from_args, stage_parser
+from hemaflow.pipeline.commands._common import add_config_options, config_from_args, stage_parser
 
 DESCRIPTION = """\
 Read a Dataset folder written by `hemaflow ingest`, balance the training split by
@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from components.augment import balance_and_augment
+    from hemaflow.components.augment import balance_and_augment
 
     config = config_from_args(args, seed=args.seed)
     summary = balance_and_augment(args.dataset_dir, args.out, config)

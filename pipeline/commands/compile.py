@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.commands._common import add_config_options, config_from_args
+from hemaflow.pipeline.commands._common import add_config_options, config_from_args
 
 TARGETS = ("kubeflow", "vertex")
 
@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.compiler import compile_pipeline, load_ir
+    from hemaflow.pipeline.compiler import compile_pipeline, load_ir
 
     config = config_from_args(args, **{"data.source": args.data})
     path = compile_pipeline(config, args.out, args.target)

@@ -48,9 +48,10 @@ def split_runner_options(
 def run_component(args: argparse.Namespace) -> int:
     stage_args, docker, image = split_runner_options(list(args.args), args.docker, args.image)
     if not docker:
-        return subprocess.call([sys.executable, "-m", "pipeline.cli", args.stage, *stage_args])
-    from components.config import PipelineConfig
-    from pipeline.docker_run import run_stage
+        return subprocess.call([sys.executable, "-m", "hemaflow", args.stage, *stage_args])
+    from hemaflow.pipeline.docker_run import run_stage
+
+    from hemaflow.config import PipelineConfig
 
     code = run_stage(image or PipelineConfig().image, args.stage, stage_args)
     if code:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.commands._common import add_config_options, config_from_args, stage_parser
+from hemaflow.pipeline.commands._common import add_config_options, config_from_args, stage_parser
 
 DESCRIPTION = """\
 Load the member models safely, score them once on the val split of DATA_DIR,
@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from components.ensemble import build_ensemble
+    from hemaflow.components.ensemble import build_ensemble
 
     config = config_from_args(args)
     result = build_ensemble(args.data_dir, args.members, args.out, config)

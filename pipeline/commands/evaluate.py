@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.commands._common import add_config_options, config_from_args, stage_parser
+from hemaflow.pipeline.commands._common import add_config_options, config_from_args, stage_parser
 
 DESCRIPTION = """\
 Score MODEL on a labelled SOURCE: accuracy, balanced accuracy, per-class
@@ -51,13 +51,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def is_artifact(source: str) -> bool:
     """Whether SOURCE is a hemaflow Dataset or TFRecord folder (it has a manifest.json)."""
-    from components import storage
+    from hemaflow import storage
 
     return storage.exists(storage.join(source, "manifest.json"))
 
 
 def run(args: argparse.Namespace) -> int:
-    from components import evaluate, inference, modelio
+    from hemaflow.components import evaluate
+
+    from hemaflow.modeling import inference
+    from hemaflow.modeling import loading as modelio
 
     config = config_from_args(args, **{"evaluate.max_images": args.max_images})
     if is_artifact(args.source):

@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from pipeline import image
+    from hemaflow.pipeline import image
 
     extra = {}
     for item in args.build_arg:

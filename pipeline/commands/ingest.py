@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.commands._common import add_config_options, config_from_args, stage_parser
+from hemaflow.pipeline.commands._common import add_config_options, config_from_args, stage_parser
 
 DESCRIPTION = """\
 Read a data source, decode and resize its images to the working size, check them
@@ -70,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from components.ingest import ingest
+    from hemaflow.components.ingest import ingest
 
     config = config_from_args(args, **{"data.image_size": args.size})
     source = args.source or config.data.source

@@ -6,7 +6,7 @@ import argparse
 import csv
 import io
 
-from pipeline.commands._common import add_config_options, config_from_args, stage_parser
+from hemaflow.pipeline.commands._common import add_config_options, config_from_args, stage_parser
 
 DESCRIPTION = """\
 Run MODEL on every image of SOURCE and write one CSV row per image: the file
@@ -51,7 +51,9 @@ def predictions_csv(ids, probs, class_names: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from components import inference, modelio, storage
+    from hemaflow import storage
+    from hemaflow.modeling import inference
+    from hemaflow.modeling import loading as modelio
 
     config = config_from_args(args)
     model = modelio.load_model(args.model)

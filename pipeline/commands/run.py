@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.commands._common import add_config_options, config_from_args
+from hemaflow.pipeline.commands._common import add_config_options, config_from_args
 
 RUNNERS = ("subprocess", "docker")
 
@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.runners import run_local
+    from hemaflow.pipeline.runners import run_local
 
     config = config_from_args(args, **{"data.source": args.data})
     result = run_local(

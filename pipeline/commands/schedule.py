@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.commands._backend import add_backend_options, connection, run_options
-from pipeline.commands._common import add_config_options, config_from_args
+from hemaflow.pipeline.commands._backend import add_backend_options, connection, run_options
+from hemaflow.pipeline.commands._common import add_config_options, config_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_create(args: argparse.Namespace) -> int:
-    from pipeline import schedule
+    from hemaflow.pipeline import schedule
 
     if args.max_concurrency < 1:
         raise ValueError("--max-concurrency: must be at least 1")
@@ -53,7 +53,7 @@ def run_create(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from pipeline import schedule
+    from hemaflow.pipeline import schedule
 
     conn = connection(args)
     found = (
@@ -67,7 +67,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_delete(args: argparse.Namespace) -> int:
-    from pipeline import schedule
+    from hemaflow.pipeline import schedule
 
     conn = connection(args)
     if args.backend == "vertex":

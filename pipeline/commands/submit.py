@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.commands._backend import add_backend_options, run_options
-from pipeline.commands._common import add_config_options, config_from_args
+from hemaflow.pipeline.commands._backend import add_backend_options, run_options
+from hemaflow.pipeline.commands._common import add_config_options, config_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.submit import submit
+    from hemaflow.pipeline.submit import submit
 
     config = config_from_args(args, **{"data.source": args.data})
     options = run_options(args)

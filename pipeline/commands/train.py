@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline.commands._common import (
+from hemaflow.pipeline.commands._common import (
     add_backbone_arguments,
     add_config_options,
     config_from_args,
@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from components.train import train_backbone
+    from hemaflow.components.train import train_backbone
 
     config = config_from_args(args)
     metrics = train_backbone(args.data_dir, args.backbone, args.hparams, args.out, config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline.commands._common import (
+from hemaflow.pipeline.commands._common import (
     add_backbone_arguments,
     add_config_options,
     config_from_args,
@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from components.tune import tune_backbone
+    from hemaflow.components.tune import tune_backbone
 
     result = tune_backbone(args.data_dir, args.backbone, args.out, config_from_args(args))
     print(json.dumps(result, indent=2))

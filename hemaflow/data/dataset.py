@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from components import storage
+from hemaflow import storage
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1

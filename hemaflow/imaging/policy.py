@@ -1,6 +1,6 @@
 """The augmentation policy as a batched, deterministic function on uint8 image batches.
 
-:func:`build_augmenter` turns an :class:`~components.config.AugmentPolicy` into an
+:func:`build_augmenter` turns an :class:`~hemaflow.config.AugmentPolicy` into an
 :class:`Augmenter`: ``augmenter(images, seed)`` maps uint8 [B, H, W, 3] to uint8 of the same
 shape. Each family is applied to each image independently with the family's probability ``p``
 and at a random magnitude up to its ``strength`` (a common 0-1 scale, mapped below to each
@@ -12,12 +12,12 @@ Where the families come from:
 - geometric: Keras 3 ``RandomFlip``, ``RandomRotation``, ``RandomZoom``, ``RandomTranslation``,
   ``RandomShear`` (reflect fill, which suits cells on a uniform background) plus a random
   transpose, which with the flips gives exact 90-degree rotations;
-- chromatic: an exposure change (the HSV value shift of :func:`components.imageops.brightness`),
+- chromatic: an exposure change (the HSV value shift of :func:`hemaflow.imaging.ops.brightness`),
   then Keras 3 ``RandomContrast``, ``RandomSaturation`` and ``RandomHue``, all with
   ``value_range=(0, 255)``;
-- blur: Gaussian, defocus or motion blur from :mod:`components.imageops` (one kind per
+- blur: Gaussian, defocus or motion blur from :mod:`hemaflow.imaging.ops` (one kind per
   image; they reflect at the border, where Keras' ``RandomGaussianBlur`` pads with zeros);
-- stain, noise, jpeg, pixelate, artifacts: :mod:`components.imageops`;
+- stain, noise, jpeg, pixelate, artifacts: :mod:`hemaflow.imaging.ops`;
 - erasing: Keras 3 ``RandomErasing``;
 - randaugment, augmix: Keras 3 ``RandAugment`` and ``AugMix``, restricted to operations that
   keep a bright-background smear plausible (see :data:`CELL_SAFE_OPS`);
@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from components.config import AugFamily, AugmentPolicy, MixConfig
+from hemaflow.config import AugFamily, AugmentPolicy, MixConfig
 
 FAMILIES: tuple[str, ...] = tuple(f.name for f in fields(AugmentPolicy))
 """Family names, in the order they appear in the config."""
@@ -305,7 +305,7 @@ def _keras_chain(layers: list[Any], compile: bool = True) -> Callable[[Any, int]
 
 def _imageops_runner(kind: str) -> Callable:
     """imageops op ``kind`` compiled over (images, per-image strengths, seed pair)."""
-    from components import imageops
+    from hemaflow.imaging import ops as imageops
 
     return _compiled(
         lambda x, strength, seed: imageops.apply(kind, x, strength, seed),

@@ -190,7 +190,7 @@ class Report:
 
     def write(self, folder: str | Path, name: str = "report.html") -> Path:
         """Write the page and its figures into a (staging) folder."""
-        from components.storage import write_bytes_atomic, write_text_atomic
+        from hemaflow.storage import write_bytes_atomic, write_text_atomic
 
         folder = Path(folder)
         for fig_name, png in self.figures.items():

@@ -1,11 +1,11 @@
 """Write a Model folder: the Keras model, a SavedModel with two serving endpoints, a manifest.
 
-Layout (written into a folder the caller stages with :func:`components.storage.artifact_dir`)::
+Layout (written into a folder the caller stages with :func:`hemaflow.storage.artifact_dir`)::
 
     model.keras      Keras 3 archive; loads with safe_mode=True (custom layers are registered)
     saved_model/     keras.export.ExportArchive with two endpoints:
                        serve           uint8 images [None, S, S, 3] -> float32 probabilities
-                       serve_examples  serialized tf.Example strings (components.tfrecords
+                       serve_examples  serialized tf.Example strings (hemaflow.data.tfrecords
                                        format) -> float32 probabilities; the form tfx-bsl's
                                        RunInference loads
     manifest.json    kind "model", class_names, image_size and whatever ``info`` adds
@@ -66,7 +66,8 @@ def export_model(
     import keras
     import tensorflow as tf
 
-    from components import storage, tfrecords
+    from hemaflow import storage
+    from hemaflow.data import tfrecords
 
     if not class_names:
         raise ValueError("export_model: class_names is empty")

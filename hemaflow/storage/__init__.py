@@ -10,7 +10,6 @@ final name. Reads of ``gs://`` objects go through a local cache keyed by the obj
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import tempfile
@@ -18,48 +17,27 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-COMPLETE_MARKER = "_COMPLETE"
-GCS_PREFIX = "gs://"
+from hemaflow.storage.paths import (
+    COMPLETE_MARKER,
+    GCS_PREFIX,
+    StorageError,
+    cache_root,
+    is_gcs,
+    join,
+    sha256_file,
+    split_gcs,
+)
 
-
-class StorageError(OSError):
-    """A path or object is missing, unreadable or could not be written."""
-
-
-def is_gcs(path: str | os.PathLike) -> bool:
-    return str(path).startswith(GCS_PREFIX)
-
-
-def join(base: str | os.PathLike, *parts: str) -> str:
-    """Join path parts with '/' for gs:// and the OS separator locally."""
-    if is_gcs(base):
-        return "/".join([str(base).rstrip("/"), *(p.strip("/") for p in parts)])
-    return str(Path(base, *parts))
-
-
-def split_gcs(uri: str) -> tuple[str, str]:
-    """``gs://bucket/a/b`` -> ``("bucket", "a/b")``."""
-    if not is_gcs(uri):
-        raise StorageError(f"{uri}: not a gs:// URI")
-    rest = uri[len(GCS_PREFIX) :]
-    bucket, _, name = rest.partition("/")
-    if not bucket:
-        raise StorageError(f"{uri}: a gs:// URI needs a bucket name")
-    return bucket, name
-
-
-def cache_root() -> Path:
-    root = Path(os.environ.get("HEMAFLOW_CACHE", "~/.cache/hemaflow")).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+__all__ = [
+    "COMPLETE_MARKER",
+    "GCS_PREFIX",
+    "StorageError",
+    "cache_root",
+    "is_gcs",
+    "join",
+    "sha256_file",
+    "split_gcs",
+]
 
 
 # --------------------------------------------------------------------------- local views
@@ -72,7 +50,7 @@ def local_path(uri: str | os.PathLike) -> Path:
         if not path.exists():
             raise StorageError(f"{path}: no such file or folder")
         return path
-    from components import gcs
+    from hemaflow.storage import gcs
 
     return gcs.download(str(uri), cache_root() / "gcs")
 
@@ -80,7 +58,7 @@ def local_path(uri: str | os.PathLike) -> Path:
 def exists(uri: str | os.PathLike) -> bool:
     if not is_gcs(uri):
         return Path(uri).expanduser().exists()
-    from components import gcs
+    from hemaflow.storage import gcs
 
     return gcs.exists(str(uri))
 
@@ -129,7 +107,7 @@ def artifact_dir(final: str | os.PathLike) -> Iterator[Path]:
         with tempfile.TemporaryDirectory(prefix="hemaflow-stage-") as tmp:
             staging = Path(tmp)
             yield staging
-            from components import gcs
+            from hemaflow.storage import gcs
 
             gcs.publish_dir(staging, final_str)
         return

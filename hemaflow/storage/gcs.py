@@ -1,4 +1,4 @@
-"""Google Cloud Storage behind :mod:`components.storage`: cached reads, atomic publication.
+"""Google Cloud Storage behind :mod:`hemaflow.storage`: cached reads, atomic publication.
 
 Reads download an object, or every object under a prefix, into a local cache; the CRC32C of
 each cached object is kept in a parallel tree (never beside the file, so a cached folder holds
@@ -10,7 +10,7 @@ GCS has no rename, so a folder is published in three steps: upload everything un
 temporary prefix, copy it into place (server side), write the ``_COMPLETE`` marker last, then
 delete the temporary prefix. The final prefix's marker is removed before anything there
 changes, so a failure at any point leaves no object under the final name that a reader
-(checking :func:`components.storage.is_complete`) would take as a complete artifact.
+(checking :func:`hemaflow.storage.is_complete`) would take as a complete artifact.
 
 Credentials come from the environment: Application Default Credentials (a service account
 key file named by GOOGLE_APPLICATION_CREDENTIALS, gcloud's user login, or the workload
@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from components.storage import COMPLETE_MARKER, GCS_PREFIX, StorageError, split_gcs
+from hemaflow.storage.paths import COMPLETE_MARKER, GCS_PREFIX, StorageError, split_gcs
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ def publish_dir(local_dir: Path, final_uri: str) -> None:
     """Publish a finished local folder at ``final_uri`` so readers see all of it or none.
 
     Replaces any artifact already there. A failure leaves the final prefix without its
-    ``_COMPLETE`` marker (so :func:`components.storage.is_complete` is False) and removes the
+    ``_COMPLETE`` marker (so :func:`hemaflow.storage.is_complete` is False) and removes the
     temporary prefix.
     """
     bucket_name, name = split_gcs(final_uri)

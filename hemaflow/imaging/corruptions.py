@@ -2,7 +2,7 @@
 
 In the spirit of ImageNet-C and MedMNIST-C: severity 1 is a mild, realistic degradation,
 severity 5 heavy but with the cell still recognisable to a person. Each corruption is one op of
-``components.imageops`` at a fixed strength per severity; the table below gives each severity's
+``hemaflow.imaging.ops`` at a fixed strength per severity; the table below gives each severity's
 parameter in the op's own physical units (pixels are pixels of a 128-pixel image and scale with
 the image size), so the suite reads like a specification.
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from components import imageops
+from hemaflow.imaging import ops as imageops
 
 SEVERITIES = (1, 2, 3, 4, 5)
 
@@ -212,7 +212,7 @@ def corruption_grid(
 ) -> bytes:
     """A PNG showing the suite on one image: a row per corruption, a column per severity 1-5
     (after a clean column when ``with_clean``)."""
-    from components.report import image_grid
+    from hemaflow.reporting.html import image_grid
 
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:

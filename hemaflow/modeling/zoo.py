@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from components.config import HeadConfig
+from hemaflow.config import HeadConfig
 
 BACKBONE_LAYER = "backbone"
 OUTPUT_LAYER = "probabilities"
@@ -257,7 +257,7 @@ def resolve_weights(weights: str) -> str | None:
         return None
     if weights == "imagenet":
         return "imagenet"
-    from components import storage
+    from hemaflow import storage
 
     return str(storage.local_path(weights))
 
@@ -281,7 +281,7 @@ def build_model(
     import keras
     from keras import layers
 
-    from components import precision
+    from hemaflow.modeling import precision
 
     if num_classes < 2:
         raise ValueError(f"num_classes: need at least 2 classes, got {num_classes}")

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from components import storage, tfrecords
-from components.export import SAVED_MODEL_DIR, SERVE_EXAMPLES
-from components.progress import progress
+from hemaflow import storage
+from hemaflow.data import tfrecords
+from hemaflow.modeling.export import SAVED_MODEL_DIR, SERVE_EXAMPLES
+from hemaflow.progress import progress
 
 PREDICTIONS_PREFIX = "predictions"
 
@@ -191,7 +192,7 @@ def subsample(count: int, max_images: int, seed: int) -> np.ndarray:
 
 def read_split(data_dir: str, split: str, max_images: int = 0, seed: int = 0) -> LabelledSplit:
     """Load one split of a TFRecord folder or Dataset folder into memory (hard labels)."""
-    from components import dataset
+    from hemaflow.data import dataset
 
     data_dir = readable(data_dir)
     manifest = dataset.read_manifest(data_dir)
@@ -249,7 +250,7 @@ class SourceImages:
 
 
 def _image_suffixes() -> frozenset[str]:
-    from components.sources import IMAGE_SUFFIXES
+    from hemaflow.data.sources import IMAGE_SUFFIXES
 
     return IMAGE_SUFFIXES
 
@@ -258,7 +259,7 @@ def read_labels_csv(folder: Path, size: int, class_names: list[str]) -> SourceIm
     """A folder of images with ``labels.csv`` rows ``file,label`` (label: class name or index)."""
     import csv
 
-    from components.sources import decode_image
+    from hemaflow.data.sources import decode_image
 
     path = folder / LABELS_CSV
     rows = list(csv.reader(path.read_text().splitlines()))
@@ -297,7 +298,7 @@ def read_labelled_source(source: str, size: int, class_names: list[str], config)
     A source with a subset of the model's classes is fine; a class the model does not know is
     an error naming it.
     """
-    from components import sources
+    from hemaflow.data import sources
 
     local = storage.local_path(source)
     if local.is_dir() and (local / LABELS_CSV).is_file():
@@ -314,7 +315,7 @@ def read_labelled_source(source: str, size: int, class_names: list[str], config)
 
 def read_images_for_prediction(source: str, size: int) -> SourceImages:
     """Every image of a folder (recursively), an .npz or a single image file, at ``size``."""
-    from components.sources import SourceError, decode_image, to_working_size
+    from hemaflow.data.sources import SourceError, decode_image, to_working_size
 
     local = storage.local_path(source)
     suffixes = _image_suffixes()

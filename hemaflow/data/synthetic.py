@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from components.config import CLASS_NAMES
+from hemaflow.config import CLASS_NAMES
 
 _BACKGROUND = (236, 212, 214)
 _RBC = (226, 150, 152)

@@ -14,11 +14,11 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from components import storage
-from components.export import MANIFEST, MODEL_FILE
+from hemaflow import storage
+from hemaflow.modeling.export import MANIFEST, MODEL_FILE
 
 # Modules whose import registers hemaflow's serializable layers.
-LAYER_MODULES = ("components.zoo", "components.ensemble")
+LAYER_MODULES = ("hemaflow.modeling.zoo", "hemaflow.components.ensemble")
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 

@@ -11,7 +11,7 @@ Sources (see :func:`read_source`):
   duplicate groups never straddle two splits and every source is split the same way;
 - ``bloodmnist:SIZE`` (28, 64, 128, 224): the MedMNIST+ file from its Zenodo record,
   downloaded over HTTPS into the cache, MD5-verified before it is used;
-- ``default``: the embedded synthetic source (:mod:`components.synthetic`);
+- ``default``: the embedded synthetic source (:mod:`hemaflow.data.synthetic`);
 - any file or folder above under ``gs://`` (fetched through :func:`storage.local_path`).
 
 Archives (.zip/.tar) are not supported as sources, so nothing is ever extracted.
@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from components import storage
-from components.config import CLASS_NAMES, Config
-from components.progress import log, progress
+from hemaflow import storage
+from hemaflow.config import CLASS_NAMES, Config
+from hemaflow.progress import log, progress
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff"})
 SPLIT_NAMES = ("train", "val", "test")
@@ -78,7 +78,7 @@ def read_source(source: str, config: Config) -> LoadedSource:
     size = config.data.image_size
     text = source.strip()
     if text == "default":
-        from components import synthetic
+        from hemaflow.data import synthetic
 
         images, labels = synthetic.generate(config.data.synthetic_per_class, size, config.seed)
         ids = np.array([f"synthetic/{CLASS_NAMES[y]}/{i:05d}" for i, y in enumerate(labels)])

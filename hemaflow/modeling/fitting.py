@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components import storage
-from components.config import Config
+from hemaflow import storage
+from hemaflow.config import Config
 
 log = logging.getLogger("hemaflow.training")
 
@@ -72,7 +72,7 @@ def read_data_info(data_dir: str) -> DataInfo:
 
 def split_size(info: DataInfo, split: str) -> int:
     """Records in ``split`` (from the manifest, else by counting), with a clear error if none."""
-    from components import tfrecords
+    from hemaflow.data import tfrecords
 
     size = info.counts.get(split)
     if size is None:
@@ -85,7 +85,7 @@ def split_size(info: DataInfo, split: str) -> int:
 def has_split(info: DataInfo, split: str) -> bool:
     import tensorflow as tf
 
-    from components import tfrecords
+    from hemaflow.data import tfrecords
 
     if info.counts.get(split):
         return True
@@ -112,7 +112,7 @@ def dataset(
     """
     import tensorflow as tf
 
-    from components import tfrecords
+    from hemaflow.data import tfrecords
 
     size = split_size(info, split)
     ds = tfrecords.read_dataset(
@@ -310,7 +310,7 @@ def throughput_callback(images_per_epoch: int):
 
 def curves_png(history: dict[str, list[float]], title: str) -> bytes:
     """Loss and accuracy per epoch, train and val, as a PNG."""
-    from components import report
+    from hemaflow.reporting import html as report
 
     plt = report._pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
@@ -477,7 +477,7 @@ def setup(data_dir: str, backbone: str, config: Config, max_train_images: int = 
 
     ``max_train_images`` > 0 caps the training images per epoch (see :func:`dataset`).
     """
-    from components import distribute, precision, zoo
+    from hemaflow.modeling import distribute, precision, zoo
 
     zoo.backbone_spec(backbone)  # an unknown name fails before any data is read
     info = read_data_info(data_dir)
@@ -514,7 +514,7 @@ def setup(data_dir: str, backbone: str, config: Config, max_train_images: int = 
 
 def build(s: Setup, config: Config, hp: Hparams):
     """The model for ``s`` with ``hp``'s head; create it inside ``s.strategy.scope()``."""
-    from components import zoo
+    from hemaflow.modeling import zoo
 
     return zoo.build_model(
         s.backbone,

@@ -27,7 +27,7 @@ def shard_name(split: str, index: int, count: int) -> str:
 
 
 def shard_pattern(data_dir: str | os.PathLike, split: str) -> str:
-    from components import storage
+    from hemaflow import storage
 
     return storage.join(data_dir, f"{split}-*{SHARD_SUFFIX}")
 
@@ -100,7 +100,7 @@ def parse_batch(serialized, num_classes: int, image_size: int):
 def _readable_dir(data_dir: str | os.PathLike) -> str | os.PathLike:
     """gs:// folders are read through the local cache, because TensorFlow's own GCS file
     system has a fixed endpoint (it ignores STORAGE_EMULATOR_HOST)."""
-    from components import storage
+    from hemaflow import storage
 
     return storage.local_path(data_dir) if storage.is_gcs(data_dir) else data_dir
 

@@ -15,7 +15,7 @@ Spatial sizes are given in pixels of a 128-pixel image and scale with the image 
 op at one strength does the same to a cell at 64, 96 or 128 pixels.
 
 The augmentation policy draws strengths at random per image; the corruption suite in
-``components.corruptions`` uses fixed strengths per severity.
+``hemaflow.imaging.corruptions`` uses fixed strengths per severity.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Data sources, the embedded synthetic data, quality checks, Dataset and TFRecord formats."""

@@ -1,0 +1,1 @@
+"""Image operations, the augmentation policy and the evaluation corruption suite."""

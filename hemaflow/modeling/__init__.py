@@ -1,0 +1,1 @@
+"""Models: zoo, layers, fitting, precision, distribution, export, loading, inference, metrics."""

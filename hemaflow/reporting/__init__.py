@@ -1,0 +1,1 @@
+"""Reports: self-contained HTML pages, plots and model cards."""

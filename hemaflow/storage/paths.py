@@ -1,0 +1,54 @@
+"""Where a path points (local or ``gs://``) and how to name things under it; no I/O but the cache root.
+
+Kept apart from :mod:`hemaflow.storage` so that its GCS backend can use these without
+importing the module that dispatches to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+COMPLETE_MARKER = "_COMPLETE"
+GCS_PREFIX = "gs://"
+
+
+class StorageError(OSError):
+    """A path or object is missing, unreadable or could not be written."""
+
+
+def is_gcs(path: str | os.PathLike) -> bool:
+    return str(path).startswith(GCS_PREFIX)
+
+
+def join(base: str | os.PathLike, *parts: str) -> str:
+    """Join path parts with '/' for gs:// and the OS separator locally."""
+    if is_gcs(base):
+        return "/".join([str(base).rstrip("/"), *(p.strip("/") for p in parts)])
+    return str(Path(base, *parts))
+
+
+def split_gcs(uri: str) -> tuple[str, str]:
+    """``gs://bucket/a/b`` -> ``("bucket", "a/b")``."""
+    if not is_gcs(uri):
+        raise StorageError(f"{uri}: not a gs:// URI")
+    rest = uri[len(GCS_PREFIX) :]
+    bucket, _, name = rest.partition("/")
+    if not bucket:
+        raise StorageError(f"{uri}: a gs:// URI needs a bucket name")
+    return bucket, name
+
+
+def cache_root() -> Path:
+    root = Path(os.environ.get("HEMAFLOW_CACHE", "~/.cache/hemaflow")).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
