@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import yaml
 
+from hemaflow.errors import HemaflowError
+
 PROFILE_DIR = Path(__file__).parent / "profiles"
 CLASS_NAMES: tuple[str, ...] = (
     "basophil",
@@ -31,7 +33,7 @@ CLASS_NAMES: tuple[str, ...] = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(HemaflowError, ValueError):
     """A configuration value is missing, unknown, of the wrong type or impossible."""
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlparse
 
+from hemaflow.errors import HemaflowError
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPOSITORY = "hemaflow"
 CPU_DOCKERFILE = "docker/Dockerfile"
@@ -27,7 +29,7 @@ PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_prox
 Log = Callable[[str], None]
 
 
-class ImageError(RuntimeError):
+class ImageError(HemaflowError, RuntimeError):
     """Building, tagging or pushing the image failed; the message carries the engine's reason."""
 
 

@@ -15,9 +15,10 @@ from typing import Any
 from hemaflow.pipeline.submit import kfp_client, kubeflow_errors, vertex_errors
 
 from hemaflow.config import Config
+from hemaflow.errors import HemaflowError
 
 
-class CronError(ValueError):
+class CronError(HemaflowError, ValueError):
     """A cron expression that neither backend would accept."""
 
 

@@ -19,11 +19,12 @@ from typing import Any
 from hemaflow.pipeline.resources import Target
 
 from hemaflow.config import Config
+from hemaflow.errors import HemaflowError
 
 BACKENDS: tuple[str, ...] = ("kubeflow", "vertex")
 
 
-class SubmitError(RuntimeError):
+class SubmitError(HemaflowError, RuntimeError):
     """The backend could not be reached or refused the request."""
 
 

@@ -22,13 +22,14 @@ from typing import Any
 import numpy as np
 
 from hemaflow import storage
+from hemaflow.errors import HemaflowError
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
 DATA_SPLITS = ("train", "val", "test")
 
 
-class DatasetError(ValueError):
+class DatasetError(HemaflowError, ValueError):
     """A Dataset folder is missing, incomplete or inconsistent."""
 
 

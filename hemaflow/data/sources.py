@@ -33,6 +33,7 @@ import numpy as np
 
 from hemaflow import storage
 from hemaflow.config import CLASS_NAMES, Config
+from hemaflow.errors import HemaflowError
 from hemaflow.progress import log, progress
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff"})
@@ -50,7 +51,7 @@ BLOODMNIST_MD5: dict[int, str] = {
 }
 
 
-class SourceError(ValueError):
+class SourceError(HemaflowError, ValueError):
     """A source is missing, malformed or holds data that cannot be used."""
 
 

@@ -22,13 +22,14 @@ import numpy as np
 
 from hemaflow import storage
 from hemaflow.data import tfrecords
+from hemaflow.errors import HemaflowError
 from hemaflow.modeling.export import SAVED_MODEL_DIR, SERVE_EXAMPLES
 from hemaflow.progress import progress
 
 PREDICTIONS_PREFIX = "predictions"
 
 
-class InferenceError(ValueError):
+class InferenceError(HemaflowError, ValueError):
     """Inputs to inference are missing, empty or inconsistent with the model."""
 
 

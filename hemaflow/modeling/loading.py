@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hemaflow import storage
+from hemaflow.errors import HemaflowError
 from hemaflow.modeling.export import MANIFEST, MODEL_FILE
 
 # Modules whose import registers hemaflow's serializable layers.
@@ -22,7 +23,7 @@ LAYER_MODULES = ("hemaflow.modeling.zoo", "hemaflow.components.ensemble")
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
-class ModelError(ValueError):
+class ModelError(HemaflowError, ValueError):
     """A model path is missing, of the wrong kind, or refused by safe loading."""
 
 

@@ -10,11 +10,13 @@ import hashlib
 import os
 from pathlib import Path
 
+from hemaflow.errors import HemaflowError
+
 COMPLETE_MARKER = "_COMPLETE"
 GCS_PREFIX = "gs://"
 
 
-class StorageError(OSError):
+class StorageError(HemaflowError, OSError):
     """A path or object is missing, unreadable or could not be written."""
 
 
