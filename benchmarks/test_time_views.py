@@ -35,10 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     from hemaflow.components.ensemble import dihedral_view
 
-    from hemaflow.modeling import inference, metrics
-    from hemaflow.modeling import loading as modelio
+    from hemaflow.modeling import inference, loading, metrics
 
-    model = modelio.load_model(args.model)
+    model = loading.load_model(args.model)
     rows = []
     for split in args.splits:
         data = inference.read_split(args.data, split)

@@ -35,14 +35,13 @@ def timed_epoch(model, images: int, *feed, **fit_options) -> float:
 def measure(info, backbone: str, policy: str, batch: int, reps: int, xla: bool = False) -> dict:
     import numpy as np
 
-    from hemaflow.modeling import fitting as training
-    from hemaflow.modeling import zoo
+    from hemaflow.modeling import fitting, zoo
 
-    tfr = training.dataset(info, "train", batch, train=True, seed=0)
+    tfr = fitting.dataset(info, "train", batch, train=True, seed=0)
     xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in tfr], strict=True)
     x, y = np.concatenate(xs), np.concatenate(ys)
     model = zoo.build_model(backbone, info.num_classes, info.image_size, policy=policy)
-    training.compile_model(model, training.make_optimizer("adamw", 1e-3), 0.1, jit_compile=xla)
+    fitting.compile_model(model, fitting.make_optimizer("adamw", 1e-3), 0.1, jit_compile=xla)
     model.fit(x[: batch * 2], y[: batch * 2], batch_size=batch, epochs=1, verbose=0)
     model.fit(tfr, epochs=1, verbose=0)  # warm-up: tracing, and the decode cache fills
     rates: dict[str, list[float]] = {"tfrecord": [], "memory": []}
@@ -85,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
 
-    from hemaflow.modeling import fitting as training
-    from hemaflow.modeling import precision
+    from hemaflow.modeling import fitting, precision
 
     with tempfile.TemporaryDirectory(prefix="hemaflow-bench-") as tmp:
         data = args.data
@@ -101,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                     {"train": args.per_class, "val": 2},
                 )
             )
-        info = training.read_data_info(data)
+        info = fitting.read_data_info(data)
         flags = precision.cpu_flags()
         print(f"CPU native bf16: {precision.cpu_has_fast_bf16(flags)}; {info.image_size} px")
         results = [

@@ -538,7 +538,7 @@ def build_report(
 ):
     """The stage's HTML page: the policy on real samples, mixing, Bmk, and class balance."""
     from hemaflow.imaging.policy import FAMILIES, one_hot
-    from hemaflow.reporting import html as report
+    from hemaflow.reporting import report
 
     aug = config.augment
     tools = augmenters(aug)

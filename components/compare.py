@@ -32,30 +32,29 @@ RESULT_KEYS = (
 
 def compare_backbone(data_dir: str, backbone: str, out_dir: str, config: Config) -> dict:
     """Train ``backbone`` for ``compare.epochs`` on ``data_dir``; write results.json to out_dir."""
-    from hemaflow.modeling import fitting as training
-    from hemaflow.modeling import zoo
-    from hemaflow.reporting.html import Report
+    from hemaflow.modeling import fitting, zoo
+    from hemaflow.reporting.report import Report
 
-    s = training.setup(data_dir, backbone, config, config.compare.train_images)
-    hp = training.default_hparams(config)
-    train_ds, val_ds, bmk_ds = training.data(s, config.seed)
+    s = fitting.setup(data_dir, backbone, config, config.compare.train_images)
+    hp = fitting.default_hparams(config)
+    train_ds, val_ds, bmk_ds = fitting.data(s, config.seed)
     with s.strategy.scope():
-        model = training.build(s, config, hp)
+        model = fitting.build(s, config, hp)
         zoo.set_trainable_layers(model, 0 if s.pretrained else -1)
-    training.compile_phase(s, model, hp, config.compare.learning_rate, config.compare.epochs)
+    fitting.compile_phase(s, model, hp, config.compare.learning_rate, config.compare.epochs)
     with tempfile.TemporaryDirectory(prefix="hemaflow-compare-") as work:
-        phase = training.run_phase(
+        phase = fitting.run_phase(
             model, "compare", Path(work), train_ds, val_ds, config.compare.epochs, s.train_images
         )
-    val_accuracy = training.evaluate_accuracy(model, val_ds)
-    bmk_accuracy = training.evaluate_accuracy(model, bmk_ds) if bmk_ds is not None else None
+    val_accuracy = fitting.evaluate_accuracy(model, val_ds)
+    bmk_accuracy = fitting.evaluate_accuracy(model, bmk_ds) if bmk_ds is not None else None
     result: dict[str, Any] = {
         "backbone": backbone,
         "val_accuracy": val_accuracy,
         "bmk_accuracy": bmk_accuracy,
         "params": int(model.count_params()),
-        "train_images_per_s": training.steady_rate(phase["rates"]),
-        "infer_images_per_s": training.inference_rate(model, val_ds),
+        "train_images_per_s": fitting.steady_rate(phase["rates"]),
+        "infer_images_per_s": fitting.inference_rate(model, val_ds),
         "precision": s.policy,
         "epochs": config.compare.epochs,
         "image_size": s.info.image_size,
@@ -67,7 +66,7 @@ def compare_backbone(data_dir: str, backbone: str, out_dir: str, config: Config)
         report = Report(f"Backbone comparison: {backbone}")
         report.table([{k: result[k] for k in RESULT_KEYS}])
         report.figure(
-            "curves.png", training.curves_png(phase["history"], backbone), "training curves"
+            "curves.png", fitting.curves_png(phase["history"], backbone), "training curves"
         )
         report.write(staging)
     log.info("%s: val %.4f, bmk %s", backbone, val_accuracy, bmk_accuracy)

@@ -308,16 +308,15 @@ def build_ensemble(
     data_dir: str, member_dirs: list[str], out_dir: str, config: Config
 ) -> dict[str, Any]:
     """Fit weights and temperature on val, export the ensemble Model folder to ``out_dir``."""
-    from hemaflow.modeling import export, inference
-    from hemaflow.modeling import loading as modelio
-    from hemaflow.reporting import html as report
+    from hemaflow.modeling import export, inference, loading
+    from hemaflow.reporting import report
 
     if not member_dirs:
         raise ValueError("ensemble: name at least one member model folder")
     val = inference.read_split(data_dir, "val")
-    manifests = [modelio.read_model_manifest(p) for p in member_dirs]
+    manifests = [loading.read_model_manifest(p) for p in member_dirs]
     _check_members(manifests, member_dirs, val.class_names, val.image_size)
-    members = [modelio.load_model(p) for p in member_dirs]
+    members = [loading.load_model(p) for p in member_dirs]
 
     batch, views = config.evaluate.batch_size, config.ensemble.views
     member_probs = np.stack([predict_views(m, val.images, views, batch) for m in members])

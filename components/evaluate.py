@@ -155,7 +155,7 @@ def _pyplot():
 
 
 def reliability_png(table: dict[str, list[float]], title: str) -> bytes:
-    from hemaflow.reporting.html import figure_png
+    from hemaflow.reporting.report import figure_png
 
     plt = _pyplot()
     edges = np.asarray(table["edges"])
@@ -190,7 +190,7 @@ def reliability_png(table: dict[str, list[float]], title: str) -> bytes:
 
 
 def curves_png(history: dict[str, list[float]]) -> bytes:
-    from hemaflow.reporting.html import figure_png
+    from hemaflow.reporting.report import figure_png
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
@@ -205,7 +205,7 @@ def curves_png(history: dict[str, list[float]]) -> bytes:
 
 
 def severity_png(by_corruption: dict[str, dict[int, dict[str, float]]], clean: float) -> bytes:
-    from hemaflow.reporting.html import figure_png
+    from hemaflow.reporting.report import figure_png
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6))
@@ -231,7 +231,7 @@ def build_report(
     seed: int,
 ):
     from hemaflow.imaging import corruptions
-    from hemaflow.reporting import html as report
+    from hemaflow.reporting import report
 
     page = report.Report(f"hemaflow evaluation: {body['model']['name']}", synthetic=synthetic)
     page.heading("Headline")
@@ -504,14 +504,14 @@ def evaluate_loaded(
 
 def load_for_evaluation(model_dir: str) -> tuple[Any, dict[str, Any], dict | None]:
     """The loaded model, its manifest (or one derived from the model) and its history."""
-    from hemaflow.modeling import loading as modelio
+    from hemaflow.modeling import loading
     from hemaflow.modeling.export import HISTORY
 
-    model = modelio.load_model(model_dir)
+    model = loading.load_model(model_dir)
     try:
-        manifest = modelio.read_model_manifest(model_dir)
-    except modelio.ModelError:
-        classes, size = modelio.model_class_names(model_dir, model)
+        manifest = loading.read_model_manifest(model_dir)
+    except loading.ModelError:
+        classes, size = loading.model_class_names(model_dir, model)
         manifest = {"class_names": classes, "image_size": size, "name": Path(str(model_dir)).stem}
     manifest = {**manifest, "path": str(model_dir)}
     history = None

@@ -31,7 +31,7 @@ from hemaflow.config import Config
 from hemaflow.data import dataset, quality
 from hemaflow.data.sources import LoadedSource, SourceError, read_source
 from hemaflow.progress import log
-from hemaflow.reporting import html as report
+from hemaflow.reporting import report
 
 SPLITS = dataset.DATA_SPLITS
 

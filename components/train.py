@@ -26,35 +26,34 @@ def train_backbone(
     data_dir: str, backbone: str, hparams: str | None, out_dir: str, config: Config
 ) -> dict:
     """Train, then export a Model folder to ``out_dir``; returns val (and Bmk) metrics."""
-    from hemaflow.modeling import export, zoo
-    from hemaflow.modeling import fitting as training
-    from hemaflow.reporting.html import Report
+    from hemaflow.modeling import export, fitting, zoo
+    from hemaflow.reporting.report import Report
 
     start = time.perf_counter()
-    hp = training.load_hparams(hparams, config)
-    s = training.setup(data_dir, backbone, config)
-    work = training.default_work_dir(out_dir, config.train.checkpoint_dir)
+    hp = fitting.load_hparams(hparams, config)
+    s = fitting.setup(data_dir, backbone, config)
+    work = fitting.default_work_dir(out_dir, config.train.checkpoint_dir)
     work.mkdir(parents=True, exist_ok=True)
-    train_ds, val_ds, bmk_ds = training.data(s, config.seed)
+    train_ds, val_ds, bmk_ds = fitting.data(s, config.seed)
     t = config.train
     with s.strategy.scope():
-        model = training.build(s, config, hp)
+        model = fitting.build(s, config, hp)
 
     phases: list[dict[str, Any]] = []
     if s.pretrained and t.warmup_epochs:
         zoo.set_trainable_layers(model, 0)
-        training.compile_phase(s, model, hp, hp.learning_rate, t.warmup_epochs)
+        fitting.compile_phase(s, model, hp, hp.learning_rate, t.warmup_epochs)
         phases.append(
-            training.run_phase(
+            fitting.run_phase(
                 model, "warmup", work, train_ds, val_ds, t.warmup_epochs, s.train_images
             )
         )
     unfreeze = hp.unfreeze if s.pretrained else -1
     trainable = zoo.set_trainable_layers(model, unfreeze)
     rate = hp.fine_tune_learning_rate if s.pretrained else hp.learning_rate
-    training.compile_phase(s, model, hp, rate, t.epochs)
+    fitting.compile_phase(s, model, hp, rate, t.epochs)
     phases.append(
-        training.run_phase(
+        fitting.run_phase(
             model,
             "finetune",
             work,
@@ -68,11 +67,11 @@ def train_backbone(
 
     history = _concat([p["history"] for p in phases])
     metrics = {
-        "val_accuracy": training.evaluate_accuracy(model, val_ds),
-        "bmk_accuracy": training.evaluate_accuracy(model, bmk_ds) if bmk_ds is not None else None,
+        "val_accuracy": fitting.evaluate_accuracy(model, val_ds),
+        "bmk_accuracy": fitting.evaluate_accuracy(model, bmk_ds) if bmk_ds is not None else None,
         "epochs_run": len(history.get("loss", [])),
         "resumed_from": phases[-1].get("resumed_from", 0),
-        "train_images_per_s": training.steady_rate(phases[-1].get("rates", [])),
+        "train_images_per_s": fitting.steady_rate(phases[-1].get("rates", [])),
         "trainable_backbone_layers": trainable,
         "wall_seconds": time.perf_counter() - start,
     }
@@ -89,7 +88,7 @@ def train_backbone(
     }
     with storage.artifact_dir(out_dir) as staging:
         export.export_model(model, staging, s.info.class_names, s.info.image_size, info)
-        curves = training.curves_png(history, f"{backbone} ({s.policy})")
+        curves = fitting.curves_png(history, f"{backbone} ({s.policy})")
         (staging / "curves.png").write_bytes(curves)
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
         report = Report(f"Training: {backbone}")

@@ -35,9 +35,9 @@ log = logging.getLogger("hemaflow.tune")
 
 def hparams_from_values(values: dict[str, Any], pretrained: bool, config: Config) -> dict:
     """A tuner trial's values as the :class:`hemaflow.modeling.fitting.Hparams` fields."""
-    from hemaflow.modeling import fitting as training
+    from hemaflow.modeling import fitting
 
-    base = training.default_hparams(config)
+    base = fitting.default_hparams(config)
     dense = [int(values["dense_1"])] + ([int(values["dense_2"])] if values.get("dense_2") else [])
     lr = float(values["learning_rate"])
     return {
@@ -73,8 +73,7 @@ def make_hypermodel(s, config: Config):
 
     import keras_tuner as kt
 
-    from hemaflow.modeling import fitting as training
-    from hemaflow.modeling import zoo
+    from hemaflow.modeling import fitting, zoo
 
     space = config.tune.space
 
@@ -89,18 +88,18 @@ def make_hypermodel(s, config: Config):
             hp.Choice("label_smoothing", space.label_smoothing)
             hp.Choice("unfreeze", space.unfreeze if s.pretrained else [-1])
             values = hparams_from_values(hp.values, s.pretrained, config)
-            params = dataclasses.replace(training.default_hparams(config), **values)
-            model = training.build(s, config, params)
+            params = dataclasses.replace(fitting.default_hparams(config), **values)
+            model = fitting.build(s, config, params)
             zoo.set_trainable_layers(model, params.unfreeze if s.pretrained else -1)
-            total = training.steps_per_epoch(s.train_images, s.batch_size) * trial_epochs(config)
-            optimizer = training.make_optimizer(
+            total = fitting.steps_per_epoch(s.train_images, s.batch_size) * trial_epochs(config)
+            optimizer = fitting.make_optimizer(
                 params.optimizer,
                 params.learning_rate,
                 params.schedule,
                 total,
                 params.weight_decay,
             )
-            training.compile_model(model, optimizer, params.label_smoothing, s.jit_compile)
+            fitting.compile_model(model, optimizer, params.label_smoothing, s.jit_compile)
             return model
 
     return BloodCellHyperModel()
@@ -152,14 +151,14 @@ def rows_to_csv(rows: list[dict[str, Any]]) -> str:
 
 def tune_backbone(data_dir: str, backbone: str, out_dir: str, config: Config) -> dict:
     """Search hyperparameters for ``backbone``; out_dir gets best_hparams.json + trials table."""
-    from hemaflow.modeling import fitting as training
-    from hemaflow.reporting.html import Report
+    from hemaflow.modeling import fitting
+    from hemaflow.reporting.report import Report
 
     if config.tune.max_trials < 1:
         raise ValueError("tune.max_trials: the tuner budget must be at least 1 trial")
-    s = training.setup(data_dir, backbone, config, config.tune.train_images)
-    train_ds, val_ds, _ = training.data(s, config.seed)
-    directory = config.tune.directory or str(training.default_work_dir(out_dir) / "tuner")
+    s = fitting.setup(data_dir, backbone, config, config.tune.train_images)
+    train_ds, val_ds, _ = fitting.data(s, config.seed)
+    directory = config.tune.directory or str(fitting.default_work_dir(out_dir) / "tuner")
     tuner = make_tuner(make_hypermodel(s, config), s, config, directory, backbone)
     tuner.search(train_ds, validation_data=val_ds, epochs=config.tune.epochs, verbose=0)
 

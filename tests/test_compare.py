@@ -66,20 +66,20 @@ def test_select_top_k_errors():
 def test_train_images_budget_is_a_fixed_sample_reshuffled_each_epoch(pbc_tfrecords):
     import numpy as np
 
-    from hemaflow.modeling import fitting as training
+    from hemaflow.modeling import fitting
 
     config = load_config("quickstart", overrides={"compare.train_images": 40})
-    s = training.setup(str(pbc_tfrecords), "small_cnn", config, config.compare.train_images)
-    full = training.split_size(s.info, "train")
+    s = fitting.setup(str(pbc_tfrecords), "small_cnn", config, config.compare.train_images)
+    full = fitting.split_size(s.info, "train")
     assert s.train_images == 40 < full
-    train_ds, _, _ = training.data(s, seed=0)
+    train_ds, _, _ = fitting.data(s, seed=0)
     epochs = [np.concatenate([x.numpy() for x, _ in train_ds]) for _ in range(2)]
     assert [len(e) for e in epochs] == [40, 40]
     as_set = [sorted(map(canonical_view, e)) for e in epochs]
     assert as_set[0] == as_set[1]  # the same images ...
     assert any(not np.array_equal(a, b) for a, b in zip(*epochs, strict=True))  # ... reshuffled
     # A budget above the split size means the whole split.
-    assert training.setup(str(pbc_tfrecords), "small_cnn", config, full + 5).train_images == full
+    assert fitting.setup(str(pbc_tfrecords), "small_cnn", config, full + 5).train_images == full
 
 
 def canonical_view(image) -> bytes:
@@ -92,12 +92,12 @@ def test_training_batches_show_each_image_in_random_dihedral_views():
     import numpy as np
     import tensorflow as tf
 
-    from hemaflow.modeling import fitting as training
+    from hemaflow.modeling import fitting
 
     image = np.arange(5 * 5 * 3, dtype=np.uint8).reshape(5, 5, 3)
     batch = np.repeat(image[None], 64, axis=0)
-    views = training.random_dihedral(tf.constant(batch), tf.constant([3, 7], tf.int64)).numpy()
+    views = fitting.random_dihedral(tf.constant(batch), tf.constant([3, 7], tf.int64)).numpy()
     assert {canonical_view(v) for v in views} == {canonical_view(image)}
     assert len({v.tobytes() for v in views}) == 8  # 64 draws reach all 8 views
-    again = training.random_dihedral(tf.constant(batch), tf.constant([3, 7], tf.int64)).numpy()
+    again = fitting.random_dihedral(tf.constant(batch), tf.constant([3, 7], tf.int64)).numpy()
     np.testing.assert_array_equal(views, again)  # stateless: the seed decides

@@ -162,7 +162,7 @@ def test_tfrecords_published_to_gs_are_read_back(gcs_bucket):
 def test_keras_model_round_trip_on_gs(gcs_bucket):
     import keras
 
-    from hemaflow.modeling import loading as modelio
+    from hemaflow.modeling import loading
 
     inputs = keras.Input((8,))
     model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))
@@ -170,7 +170,7 @@ def test_keras_model_round_trip_on_gs(gcs_bucket):
     final = f"{gcs_bucket}/models/m1"
     with storage.artifact_dir(final) as out:
         model.save(out / "model.keras")
-    loaded = modelio.load_model(final)
+    loaded = loading.load_model(final)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from hemaflow.config import load_config
-from hemaflow.modeling import fitting as training
+from hemaflow.modeling import fitting
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,29 +34,29 @@ def test_train_exports_a_model_that_beats_chance(pbc_tfrecords, tmp_path):
     from hemaflow.components.train import train_backbone
 
     from hemaflow.data import tfrecords
-    from hemaflow.modeling import loading as modelio
+    from hemaflow.modeling import loading
 
     out = tmp_path / "model"
     metrics = train_backbone(str(pbc_tfrecords), "small_cnn", None, str(out), _config())
     for name in ("model.keras", "saved_model", "manifest.json", "curves.png", "report.html"):
         assert (out / name).exists(), name
-    manifest = modelio.read_model_manifest(str(out))
+    manifest = loading.read_model_manifest(str(out))
     assert manifest["kind"] == "model" and manifest["backbone"] == "small_cnn"
     assert manifest["image_size"] == 32 and len(manifest["class_names"]) == 8
     assert metrics["epochs_run"] >= 1 and metrics["resumed_from"] == 0
     # Held-out images (never trained on): 8 classes, so chance is 0.125.
-    model = modelio.load_model(str(out))
+    model = loading.load_model(str(out))
     ds = tfrecords.read_dataset(pbc_tfrecords, "bmk", 8, 32, batch_size=64)
-    accuracy = training.evaluate_accuracy(model, ds)
+    accuracy = fitting.evaluate_accuracy(model, ds)
     assert accuracy > 0.3, accuracy
     assert abs(metrics["bmk_accuracy"] - accuracy) < 1e-6
-    assert not training.default_work_dir(str(out)).exists()  # checkpoints cleaned up
+    assert not fitting.default_work_dir(str(out)).exists()  # checkpoints cleaned up
 
 
 @pytest.mark.slow
 def test_killed_training_resumes_from_its_checkpoint(pbc_tfrecords, tmp_path):
     out = tmp_path / "model"
-    work = training.default_work_dir(str(out))
+    work = fitting.default_work_dir(str(out))
     metadata = work / "finetune" / "backup" / "training_metadata.json"
     cmd = [
         sys.executable,
@@ -103,15 +103,15 @@ def test_hparams_file_overrides_and_is_checked(tmp_path):
     config = _config()
     path = tmp_path / "best_hparams.json"
     path.write_text(json.dumps({"hparams": {"dense": [256, 64], "optimizer": "lion"}}))
-    hp = training.load_hparams(str(path), config)
+    hp = fitting.load_hparams(str(path), config)
     assert hp.dense == [256, 64] and hp.optimizer == "lion"
     assert hp.dropout == config.model.head.dropout
     path.write_text(json.dumps({"hparams": {"dense_units": 3}}))
     with pytest.raises(ValueError, match="dense_units"):
-        training.load_hparams(str(path), config)
+        fitting.load_hparams(str(path), config)
     path.write_text(json.dumps({"hparams": {"optimizer": "rmsprop"}}))
     with pytest.raises(ValueError, match=r"best_hparams.json: optimizer"):
-        training.load_hparams(str(path), config)
+        fitting.load_hparams(str(path), config)
 
 
 def test_weight_decay_shrinks_kernels_only():
@@ -122,10 +122,10 @@ def test_weight_decay_shrinks_kernels_only():
     model = keras.Sequential(
         [keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization()]
     )
-    for name in training.OPTIMIZERS:
+    for name in fitting.OPTIMIZERS:
         for variable in model.trainable_variables:
             variable.assign(np.ones(variable.shape))
-        optimizer = training.make_optimizer(name, 0.1, weight_decay=0.5)
+        optimizer = fitting.make_optimizer(name, 0.1, weight_decay=0.5)
         optimizer.apply_gradients(
             [(np.zeros(v.shape, "float32"), v) for v in model.trainable_variables]
         )
@@ -135,14 +135,14 @@ def test_weight_decay_shrinks_kernels_only():
 
 
 def test_optimizers_and_schedule():
-    opt = training.make_optimizer("adam", 1e-3, "cosine", total_steps=100)
+    opt = fitting.make_optimizer("adam", 1e-3, "cosine", total_steps=100)
     rates = [float(opt.learning_rate) for _ in range(1)]  # the schedule at step 0: warm-up start
     assert rates[0] == pytest.approx(1e-4)
     schedule = opt._learning_rate
     assert float(schedule(5)) == pytest.approx(1e-3, rel=1e-3)  # peak after the 5% warm-up
     assert float(schedule(100)) < 1e-4
     with pytest.raises(ValueError, match="optimizer"):
-        training.make_optimizer("rmsprop", 1e-3)
+        fitting.make_optimizer("rmsprop", 1e-3)
 
 
 def test_bad_data_folders_are_named(pbc_tfrecords, tmp_path):
@@ -165,18 +165,18 @@ def test_history_concatenates_phases():
 
     joined = _concat([{"loss": [3.0, 2.0], "epoch": [0, 1]}, {"loss": [1.0], "epoch": [0]}])
     assert joined == {"loss": [3.0, 2.0, 1.0]}
-    assert np.isclose(training.steady_rate([10.0, 100.0, 110.0]), 105.0)
+    assert np.isclose(fitting.steady_rate([10.0, 100.0, 110.0]), 105.0)
 
 
 def test_work_dir_is_stable_and_unique_per_output(tmp_path):
     from hemaflow.config import ConfigError
 
     out = str(tmp_path / "models" / "resnet_mini")
-    assert training.default_work_dir(out) == training.default_work_dir(out)
-    assert training.default_work_dir(out).parent == tmp_path / "models"
+    assert fitting.default_work_dir(out) == fitting.default_work_dir(out)
+    assert fitting.default_work_dir(out).parent == tmp_path / "models"
     shared = str(tmp_path / "ckpt")
-    a = training.default_work_dir("gs://b/run1/model", shared)
-    b = training.default_work_dir("gs://b/run2/model", shared)
+    a = fitting.default_work_dir("gs://b/run1/model", shared)
+    b = fitting.default_work_dir("gs://b/run2/model", shared)
     assert a != b and a.parent == b.parent == tmp_path / "ckpt"
     with pytest.raises(ConfigError, match="checkpoint_dir"):
         load_config("quickstart", overrides={"train.checkpoint_dir": "gs://bucket/ckpt"})

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from hemaflow.config import ConfigError, load_config
-from hemaflow.modeling import fitting as training
+from hemaflow.modeling import fitting
 
 
 @pytest.mark.slow
@@ -41,7 +41,7 @@ def test_tune_writes_best_hparams_within_budget(pbc_tfrecords, tmp_path):
     for column in ("trial_id", "score", "learning_rate", "optimizer", "dense_1", "dropout"):
         assert column in header
     # The artifact is what train reads.
-    hp = training.load_hparams(str(out / "best_hparams.json"), config)
+    hp = fitting.load_hparams(str(out / "best_hparams.json"), config)
     # Every trial stayed inside the configured space.
     assert hp.optimizer in ("adam", "adamw") and hp.dense[0] == 64 and hp.dropout == 0.2
     assert {t["optimizer"] for t in trials} <= {"adam", "adamw"}

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from hemaflow.imaging import ops as imageops
+from hemaflow.imaging import ops
 
 SEVERITIES = (1, 2, 3, 4, 5)
 
@@ -45,7 +45,7 @@ class Corruption:
 
 
 def _table() -> dict[str, Corruption]:
-    io = imageops
+    io = ops
     rows = [
         Corruption(
             "gaussian_blur", "blur", "gaussian_blur", "sigma (px)",
@@ -197,7 +197,7 @@ def _graph(op: str) -> Callable[[Any, float, tuple[int, int]], Any]:
     import tensorflow as tf
 
     traced = tf.function(
-        lambda images, strength, seed: imageops.apply(op, images, strength, seed),
+        lambda images, strength, seed: ops.apply(op, images, strength, seed),
         reduce_retracing=True,
     )
 
@@ -212,7 +212,7 @@ def corruption_grid(
 ) -> bytes:
     """A PNG showing the suite on one image: a row per corruption, a column per severity 1-5
     (after a clean column when ``with_clean``)."""
-    from hemaflow.reporting.html import image_grid
+    from hemaflow.reporting.report import image_grid
 
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:

@@ -310,7 +310,7 @@ def throughput_callback(images_per_epoch: int):
 
 def curves_png(history: dict[str, list[float]], title: str) -> bytes:
     """Loss and accuracy per epoch, train and val, as a PNG."""
-    from hemaflow.reporting import html as report
+    from hemaflow.reporting import report
 
     plt = report._pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))

@@ -59,14 +59,13 @@ def is_artifact(source: str) -> bool:
 def run(args: argparse.Namespace) -> int:
     from hemaflow.components import evaluate
 
-    from hemaflow.modeling import inference
-    from hemaflow.modeling import loading as modelio
+    from hemaflow.modeling import inference, loading
 
     config = config_from_args(args, **{"evaluate.max_images": args.max_images})
     if is_artifact(args.source):
         result = evaluate.evaluate(args.model, args.source, args.out, config)
     else:
-        manifest = modelio.read_model_manifest(args.model)
+        manifest = loading.read_model_manifest(args.model)
         data = inference.read_labelled_source(
             args.source, int(manifest["image_size"]), list(manifest["class_names"]), config
         )

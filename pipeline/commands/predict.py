@@ -52,12 +52,11 @@ def predictions_csv(ids, probs, class_names: list[str]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from hemaflow import storage
-    from hemaflow.modeling import inference
-    from hemaflow.modeling import loading as modelio
+    from hemaflow.modeling import inference, loading
 
     config = config_from_args(args)
-    model = modelio.load_model(args.model)
-    class_names, size = modelio.model_class_names(args.model, model)
+    model = loading.load_model(args.model)
+    class_names, size = loading.model_class_names(args.model, model)
     if not size:
         raise ValueError(f"{args.model}: no manifest.json and no fixed input size; cannot resize")
     data = inference.read_images_for_prediction(args.source, size)
