@@ -42,7 +42,9 @@ def pbc_sample(pbc128_root: Path, tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
+    """Each test gets its own download cache and sees only the built-in profiles."""
     monkeypatch.setenv("HEMAFLOW_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HEMAFLOW_PROFILES", raising=False)
 
 
 # --------------------------------------------------------------------------- GCS emulator

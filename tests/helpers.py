@@ -7,6 +7,8 @@ and writers of Dataset and TFRecord folders in the formats the stages exchange.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,12 @@ def load_pbc_arrays(
             labels.append(label)
             names.append(f"{name}/{f.name}")
     return np.stack(images).astype(np.uint8), np.asarray(labels, np.int64), names
+
+
+def pbc_cells(root: Path, classes: list[str], index: int) -> np.ndarray:
+    """The ``index``-th file (sorted) of each of ``classes`` at full size, uint8 [N, 128, 128, 3]."""
+    files = [sorted((root / c).iterdir())[index] for c in classes]
+    return np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
 
 
 def tiny_cnn(size: int = SIZE, num_classes: int = 8, seed: int = 0, width: int = 8):
@@ -62,6 +70,24 @@ def train_tiny(images, labels, epochs: int = 4, seed: int = 0, width: int = 8):
     return model, {k: [float(v) for v in vs] for k, vs in history.history.items()}
 
 
+def write_shards(examples: Iterable[bytes], out_dir: Path, split: str, shards: int) -> list[str]:
+    """Write serialized examples round-robin into ``shards`` files (a small, non-Beam writer)."""
+    import tensorflow as tf
+
+    from hemaflow.data.tfrecords import COMPRESSION, shard_name
+
+    options = tf.io.TFRecordOptions(compression_type=COMPRESSION)
+    paths = [os.path.join(out_dir, shard_name(split, i, shards)) for i in range(shards)]
+    writers = [tf.io.TFRecordWriter(p, options) for p in paths]
+    try:
+        for i, record in enumerate(examples):
+            writers[i % shards].write(record)
+    finally:
+        for writer in writers:
+            writer.close()
+    return paths
+
+
 def write_dataset(folder: Path, splits: dict[str, tuple], size: int = SIZE) -> Path:
     """An ingest-style Dataset folder from ``{split: (images, labels, names)}``."""
     from hemaflow.data import dataset
@@ -87,7 +113,7 @@ def write_dataset(folder: Path, splits: dict[str, tuple], size: int = SIZE) -> P
 def write_tfrecord_folder(folder: Path, splits: dict[str, tuple], size: int = SIZE) -> Path:
     """A balance-and-augment-style TFRecord folder from ``{split: (images, labels, names)}``."""
     from hemaflow.data import dataset
-    from hemaflow.data.tfrecords import encode_example, write_shards
+    from hemaflow.data.tfrecords import encode_example
 
     folder.mkdir(parents=True, exist_ok=True)
     counts = {}
@@ -140,7 +166,7 @@ def write_pbc_tfrecords(root: Path, dest: Path, size: int, per_class: dict[str, 
                 )
             counts.setdefault(split, {})[name] = n
     for split, records in examples.items():
-        tfrecords.write_shards(records, dest, split, 2)
+        write_shards(records, dest, split, 2)
     manifest = {"kind": "tfrecords", "class_names": classes, "image_size": size, "counts": counts}
     (dest / "manifest.json").write_text(json.dumps(manifest))
     return dest

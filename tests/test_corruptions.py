@@ -16,8 +16,8 @@ from hemaflow.imaging.corruptions import (
     corrupt,
     corruption_grid,
     corruption_names,
-    suite_table,
 )
+from tests.helpers import pbc_cells
 
 SUITE = [
     "gaussian_blur",
@@ -40,9 +40,7 @@ SUITE = [
 @pytest.fixture(scope="module")
 def cells(pbc128_root: Path) -> np.ndarray:
     """Four real 128 px cells of different classes, uint8 [4, 128, 128, 3]."""
-    picks = ["eosinophil", "monocyte", "platelet", "ig"]
-    files = [sorted((pbc128_root / c).iterdir())[1] for c in picks]
-    return np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    return pbc_cells(pbc128_root, ["eosinophil", "monocyte", "platelet", "ig"], 1)
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +202,16 @@ def test_corruption_names_expand_and_validate():
         corruption_names(["jpeg", "fog"])
     with pytest.raises(ValueError, match="no corruptions selected"):
         corruption_names([])
+
+
+def suite_table(names: list[str] | None = None) -> list[dict]:
+    """The suite as table rows (name, family, parameter, s1..s5)."""
+    rows = []
+    for name in corruption_names(names or ["all"]):
+        c = CORRUPTIONS[name]
+        row = {"corruption": name, "family": c.family, "parameter": c.parameter}
+        rows.append(row | {f"s{s}": c.values[s - 1] for s in SEVERITIES})
+    return rows
 
 
 def test_suite_table_lists_parameters_per_severity():

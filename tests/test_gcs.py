@@ -10,6 +10,7 @@ import pytest
 
 from hemaflow import storage
 from hemaflow.storage import gcs
+from tests.helpers import write_shards
 
 pytestmark = pytest.mark.gcs
 
@@ -73,7 +74,7 @@ def test_folder_source_of_real_images_reads_from_gs(gcs_bucket, pbc_sample, tmp_
 
 @pytest.mark.slow
 def test_ingest_reads_real_images_from_gs_and_publishes_to_gs(gcs_bucket, pbc_sample, tmp_path):
-    from hemaflow.components.ingest import ingest
+    from hemaflow.components import ingest
 
     from hemaflow.config import load_config
 
@@ -81,7 +82,7 @@ def test_ingest_reads_real_images_from_gs_and_publishes_to_gs(gcs_bucket, pbc_sa
     _upload_tree(small, f"{gcs_bucket}/sources/pbc")
 
     out = f"{gcs_bucket}/runs/pbc32"
-    ingest(f"{gcs_bucket}/sources/pbc", out, load_config("quickstart"))
+    ingest.run(f"{gcs_bucket}/sources/pbc", out, load_config("quickstart"))
     assert storage.is_complete(out)
     manifest = json.loads(storage.read_text(f"{out}/manifest.json"))
     assert manifest["kind"] == "dataset" and manifest["image_size"] == 32
@@ -143,7 +144,7 @@ def test_tfrecords_published_to_gs_are_read_back(gcs_bucket):
             tfrecords.encode_example(img, lab, f"img{i}")
             for i, (img, lab) in enumerate(zip(images, labels, strict=True))
         )
-        tfrecords.write_shards(records, out, "train", shards=3)
+        write_shards(records, out, "train", shards=3)
     assert storage.is_complete(final)
 
     assert tfrecords.count_records(final, "train") == 10

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from hemaflow.imaging import ops as imageops
+from tests.helpers import pbc_cells
 
 SEED = (7, 11)
 
@@ -16,9 +16,7 @@ SEED = (7, 11)
 @pytest.fixture(scope="module")
 def cells(pbc128_root: Path) -> np.ndarray:
     """Four real 128 px cells of different classes, uint8 [4, 128, 128, 3]."""
-    picks = ["basophil", "eosinophil", "lymphocyte", "neutrophil"]
-    files = [sorted((pbc128_root / c).iterdir())[0] for c in picks]
-    return np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    return pbc_cells(pbc128_root, ["basophil", "eosinophil", "lymphocyte", "neutrophil"], 0)
 
 
 def run(name: str, images, strength, seed=SEED) -> np.ndarray:

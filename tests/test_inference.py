@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from hemaflow.config import CLASS_NAMES
-from tests.helpers import SIZE, load_pbc_arrays, train_tiny
+from tests.helpers import SIZE, load_pbc_arrays, train_tiny, write_shards
 
 
 @pytest.fixture(scope="module")
 def model_and_records(pbc128_root, tmp_path_factory):
-    from hemaflow.data.tfrecords import encode_example, write_shards
+    from hemaflow.data.tfrecords import encode_example
     from hemaflow.modeling.export import export_model
 
     images, labels, names = load_pbc_arrays(pbc128_root, 10)

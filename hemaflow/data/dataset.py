@@ -23,8 +23,8 @@ import numpy as np
 
 from hemaflow import storage
 from hemaflow.errors import HemaflowError
+from hemaflow.storage import MANIFEST
 
-MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
 DATA_SPLITS = ("train", "val", "test")
 
@@ -71,16 +71,11 @@ def write_manifest(folder: str | os.PathLike, manifest: dict[str, Any]) -> None:
 
 
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
-    uri = storage.join(folder, MANIFEST)
-    try:
-        text = storage.read_text(uri)
-    except storage.StorageError as exc:
-        raise DatasetError(f"{folder}: not a hemaflow artifact folder (no {MANIFEST})") from exc
-    try:
-        manifest = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{uri}: not valid JSON: {exc}") from exc
-    for key in ("class_names", "image_size"):
-        if key not in manifest:
-            raise DatasetError(f"{uri}: missing field '{key}'")
-    return manifest
+    """The manifest of a Dataset or TFRecord folder, with the fields every stage reads."""
+    return storage.read_json(
+        folder,
+        MANIFEST,
+        "hemaflow artifact folder",
+        error=DatasetError,
+        required=("class_names", "image_size"),
+    )

@@ -20,6 +20,7 @@ Archives (.zip/.tar) are not supported as sources, so nothing is ever extracted.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import urllib.error
@@ -34,7 +35,7 @@ import numpy as np
 from hemaflow import storage
 from hemaflow.config import CLASS_NAMES, Config
 from hemaflow.errors import HemaflowError
-from hemaflow.progress import log, progress
+from hemaflow.progress import progress
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff"})
 SPLIT_NAMES = ("train", "val", "test")
@@ -49,6 +50,9 @@ BLOODMNIST_MD5: dict[int, str] = {
     128: "adace1e0ed228fccda1f39692059dd4c",
     224: "b718ff6835fcbdb22ba9eacccd7b2601",
 }
+
+
+log = logging.getLogger(__name__)
 
 
 class SourceError(HemaflowError, ValueError):
@@ -379,12 +383,10 @@ def bloodmnist_url(size: int) -> str:
     return f"{base}/{name}?download=1"
 
 
-def md5_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
+def md5_file(path: Path) -> str:
+    """The MD5 that MedMNIST publishes for its files (a checksum, not security)."""
     with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
 
 
 def fetch_bloodmnist(size: int, cache_dir: str = "") -> Path:

@@ -13,11 +13,13 @@ Shards are GZIP-compressed and named ``{split}-{index:05d}-of-{count:05d}.tfreco
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 
 import numpy as np
 
-SPLITS = ("train", "val", "test", "bmk")
+from hemaflow import storage
+from hemaflow.data.dataset import DATA_SPLITS
+
+SPLITS = (*DATA_SPLITS, "bmk")
 SHARD_SUFFIX = ".tfrecord.gz"
 COMPRESSION = "GZIP"
 
@@ -27,8 +29,6 @@ def shard_name(split: str, index: int, count: int) -> str:
 
 
 def shard_pattern(data_dir: str | os.PathLike, split: str) -> str:
-    from hemaflow import storage
-
     return storage.join(data_dir, f"{split}-*{SHARD_SUFFIX}")
 
 
@@ -65,24 +65,6 @@ def feature_spec(num_classes: int) -> dict:
     }
 
 
-def write_shards(
-    examples: Iterable[bytes], out_dir: str | os.PathLike, split: str, shards: int
-) -> list[str]:
-    """Write serialized examples round-robin into ``shards`` files (a small, non-Beam writer)."""
-    import tensorflow as tf
-
-    options = tf.io.TFRecordOptions(compression_type=COMPRESSION)
-    paths = [os.path.join(out_dir, shard_name(split, i, shards)) for i in range(shards)]
-    writers = [tf.io.TFRecordWriter(p, options) for p in paths]
-    try:
-        for i, record in enumerate(examples):
-            writers[i % shards].write(record)
-    finally:
-        for writer in writers:
-            writer.close()
-    return paths
-
-
 def parse_batch(serialized, num_classes: int, image_size: int):
     """Parse a batch of serialized examples into (uint8 images, float32 soft labels, ids)."""
     import tensorflow as tf
@@ -97,12 +79,15 @@ def parse_batch(serialized, num_classes: int, image_size: int):
     return images, parsed["soft_label"], parsed["source_id"]
 
 
-def _readable_dir(data_dir: str | os.PathLike) -> str | os.PathLike:
-    """gs:// folders are read through the local cache, because TensorFlow's own GCS file
-    system has a fixed endpoint (it ignores STORAGE_EMULATOR_HOST)."""
-    from hemaflow import storage
+def shard_files(data_dir: str | os.PathLike, split: str) -> list[str]:
+    """The sorted shard files of ``split`` (none when the folder has no such split)."""
+    import tensorflow as tf
 
-    return storage.local_path(data_dir) if storage.is_gcs(data_dir) else data_dir
+    return sorted(tf.io.gfile.glob(shard_pattern(storage.readable(data_dir), split)))
+
+
+def has_split(data_dir: str | os.PathLike, split: str) -> bool:
+    return bool(shard_files(data_dir, split))
 
 
 def read_dataset(
@@ -123,12 +108,11 @@ def read_dataset(
     """
     import tensorflow as tf
 
-    data_dir = _readable_dir(data_dir)
-    pattern = shard_pattern(data_dir, split)
-    files = tf.io.gfile.glob(pattern)
+    files = shard_files(data_dir, split)
     if not files:
+        pattern = shard_pattern(data_dir, split)
         raise FileNotFoundError(f"{data_dir}: no '{split}' TFRecord shards ({pattern})")
-    files_ds = tf.data.Dataset.from_tensor_slices(sorted(files))
+    files_ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:
         files_ds = files_ds.shuffle(len(files), seed=seed)
     records = files_ds.interleave(
@@ -152,5 +136,5 @@ def read_dataset(
 def count_records(data_dir: str | os.PathLike, split: str) -> int:
     import tensorflow as tf
 
-    files = tf.io.gfile.glob(shard_pattern(_readable_dir(data_dir), split))
+    files = shard_files(data_dir, split)
     return sum(1 for f in files for _ in tf.data.TFRecordDataset(f, compression_type=COMPRESSION))

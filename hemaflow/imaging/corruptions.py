@@ -22,9 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from hemaflow.config import SEVERITIES, ConfigError
 from hemaflow.imaging import ops
-
-SEVERITIES = (1, 2, 3, 4, 5)
 
 
 @dataclass(frozen=True)
@@ -111,24 +110,13 @@ CORRUPTIONS: dict[str, Corruption] = _table()
 """Every corruption of the suite by name, in the order reports show them."""
 
 
-def suite_table(names: Sequence[str] = ("all",)) -> list[dict[str, Any]]:
-    """The suite as table rows (name, family, parameter, s1..s5), for reports and model cards."""
-    rows = []
-    for name in corruption_names(list(names)):
-        c = CORRUPTIONS[name]
-        row: dict[str, Any] = {"corruption": name, "family": c.family, "parameter": c.parameter}
-        row.update({f"s{s}": c.values[s - 1] for s in SEVERITIES})
-        rows.append(row)
-    return rows
-
-
 def check_severity(severity: int) -> None:
     if (
         isinstance(severity, bool)
         or not isinstance(severity, (int, np.integer))
-        or not (1 <= severity <= 5)
+        or severity not in SEVERITIES
     ):
-        raise ValueError(f"severity must be an integer 1-5, got {severity!r}")
+        raise ConfigError(f"severity must be an integer 1-5, got {severity!r}")
 
 
 def corruption_names(selection: Sequence[str]) -> list[str]:
@@ -143,13 +131,13 @@ def corruption_names(selection: Sequence[str]) -> list[str]:
         expanded = list(CORRUPTIONS) if item == "all" else [item]
         for name in expanded:
             if name not in CORRUPTIONS:
-                raise ValueError(
+                raise ConfigError(
                     f"unknown corruption {name!r}; known: all, {', '.join(CORRUPTIONS)}"
                 )
             if name not in names:
                 names.append(name)
     if not names:
-        raise ValueError(
+        raise ConfigError(
             "no corruptions selected; use 'all' or names from: " + ", ".join(CORRUPTIONS)
         )
     return names
@@ -167,7 +155,7 @@ def corrupt(images: Any, name: str, severity: int, seed: int = 0) -> Any:
     (so it also runs inside ``tf.data`` maps and ``tf.function``).
     """
     if name not in CORRUPTIONS:
-        raise ValueError(f"unknown corruption {name!r}; known: {', '.join(CORRUPTIONS)}")
+        raise ConfigError(f"unknown corruption {name!r}; known: {', '.join(CORRUPTIONS)}")
     check_severity(severity)
     corruption = CORRUPTIONS[name]
     is_numpy = isinstance(images, np.ndarray)
@@ -212,7 +200,7 @@ def corruption_grid(
 ) -> bytes:
     """A PNG showing the suite on one image: a row per corruption, a column per severity 1-5
     (after a clean column when ``with_clean``)."""
-    from hemaflow.reporting.report import image_grid
+    from hemaflow.reporting.plots import image_grid
 
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from hemaflow.config import AugFamily, AugmentPolicy, MixConfig
+from hemaflow.config import AugFamily, AugmentPolicy, ConfigError, MixConfig
 
 FAMILIES: tuple[str, ...] = tuple(f.name for f in fields(AugmentPolicy))
 """Family names, in the order they appear in the config."""
@@ -202,7 +202,7 @@ class Augmenter:
         tf = _tf()
         images = _check_batch(images)
         if only is not None and only not in FAMILIES:
-            raise ValueError(f"unknown augmentation family {only!r}; known: {', '.join(FAMILIES)}")
+            raise ConfigError(f"unknown augmentation family {only!r}; known: {', '.join(FAMILIES)}")
         x = tf.cast(tf.convert_to_tensor(images), tf.float32)
         batch = int(x.shape[0])
         for name, family in self.families.items():
@@ -394,7 +394,7 @@ def _build_family(name: str, spec: AugFamily) -> _Family:
         "artifacts": ARTIFACT_KINDS,
     }
     if name not in kinds:
-        raise ValueError(f"unknown augmentation family {name!r}")
+        raise ConfigError(f"unknown augmentation family {name!r}")
     ops = kinds[name]
     runners = {kind: _imageops_runner(kind) for kind in ops}
 

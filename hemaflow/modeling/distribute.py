@@ -14,6 +14,8 @@ import json
 import os
 from collections.abc import Mapping
 
+from hemaflow.config import ConfigError
+
 
 def strategy_kind(env: Mapping[str, str], gpus: int) -> str:
     """``"multi_worker"``, ``"mirrored"`` or ``"default"`` for an environment and GPU count."""
@@ -22,7 +24,7 @@ def strategy_kind(env: Mapping[str, str], gpus: int) -> str:
         try:
             tf_config = json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"TF_CONFIG: not valid JSON: {exc}") from exc
+            raise ConfigError(f"TF_CONFIG: not valid JSON: {exc}") from exc
         workers = tf_config.get("cluster", {}).get("worker", [])
         if len(workers) + len(tf_config.get("cluster", {}).get("chief", [])) > 1:
             return "multi_worker"

@@ -22,9 +22,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hemaflow.storage import MANIFEST
+
 MODEL_FILE = "model.keras"
 SAVED_MODEL_DIR = "saved_model"
-MANIFEST = "manifest.json"
 HISTORY = "history.json"
 SERVE = "serve"
 SERVE_EXAMPLES = "serve_examples"

@@ -15,17 +15,20 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hemaflow import storage
-from hemaflow.config import Config
+from hemaflow.config import Config, ConfigError, HeadConfig, Optimizer, Schedule, TrainConfig
+from hemaflow.errors import HemaflowError
+from hemaflow.storage import MANIFEST
 
-log = logging.getLogger("hemaflow.training")
+log = logging.getLogger(__name__)
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "lion")
-SCHEDULES = ("constant", "cosine")
+OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
+SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)
 # Weight decay shrinks kernels only: decaying BatchNorm scales and offsets or biases
 # regularises nothing. Patterns over variable names.
 NO_WEIGHT_DECAY = ["gamma", "beta", "bias"]
@@ -49,21 +52,24 @@ class DataInfo:
         return len(self.class_names)
 
 
+class DataFolderError(HemaflowError, FileNotFoundError, ValueError):
+    """A TFRecord folder is missing or its manifest cannot be used."""
+
+
 def read_data_info(data_dir: str) -> DataInfo:
     """Read and check the manifest of a TFRecord folder written by balance-and-augment."""
-    path = storage.join(data_dir, "manifest.json")
-    if not storage.exists(path):
-        raise FileNotFoundError(f"{path}: no manifest.json; is {data_dir} a TFRecord folder?")
-    try:
-        manifest = json.loads(storage.read_text(path))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON: {exc}") from exc
-    for key in ("class_names", "image_size"):
-        if key not in manifest:
-            raise ValueError(f"{path}: missing field {key!r}")
+    manifest = storage.read_json(
+        data_dir,
+        MANIFEST,
+        "TFRecord folder",
+        error=DataFolderError,
+        required=("class_names", "image_size"),
+    )
     class_names = [str(c) for c in manifest["class_names"]]
     if len(class_names) < 2:
-        raise ValueError(f"{path}: class_names: need at least 2 classes, got {class_names}")
+        raise DataFolderError(
+            f"{data_dir}: class_names: need at least 2 classes, got {class_names}"
+        )
     counts = {}
     for split, value in (manifest.get("counts") or {}).items():
         counts[split] = int(sum(value.values()) if isinstance(value, dict) else sum(value))
@@ -78,18 +84,8 @@ def split_size(info: DataInfo, split: str) -> int:
     if size is None:
         size = tfrecords.count_records(info.data_dir, split)
     if size < 1:
-        raise ValueError(f"{info.data_dir}: split {split!r} is empty")
+        raise DataFolderError(f"{info.data_dir}: split {split!r} is empty")
     return size
-
-
-def has_split(info: DataInfo, split: str) -> bool:
-    import tensorflow as tf
-
-    from hemaflow.data import tfrecords
-
-    if info.counts.get(split):
-        return True
-    return bool(tf.io.gfile.glob(tfrecords.shard_pattern(info.data_dir, split)))
 
 
 def dataset(
@@ -156,69 +152,101 @@ def random_dihedral(images, seed):
 
 @dataclass(frozen=True)
 class Hparams:
-    """The tunable training choices; defaults come from the config, tuning overrides them."""
+    """The tunable training choices (the fields of a hparams.json).
 
-    dense: list[int] = field(default_factory=lambda: [128])
-    dropout: float = 0.3
-    optimizer: str = "adamw"
-    learning_rate: float = 1e-3
-    fine_tune_learning_rate: float = 1e-4
-    schedule: str = "cosine"
-    weight_decay: float = 1e-4
-    label_smoothing: float = 0.1
-    unfreeze: int = 20
+    Each is a field of the config's ``model.head`` or ``train`` section, where its default
+    and its check are written: :func:`default_hparams` reads them from there and
+    :func:`check_hparams` validates tuned values with the config's own checks.
+    """
 
-    def validate(self, where: str) -> None:
-        problems = []
-        if self.optimizer not in OPTIMIZERS:
-            problems.append(f"optimizer: {self.optimizer!r} is not one of {OPTIMIZERS}")
-        if self.schedule not in SCHEDULES:
-            problems.append(f"schedule: {self.schedule!r} is not one of {SCHEDULES}")
-        if self.learning_rate <= 0 or self.fine_tune_learning_rate <= 0:
-            problems.append("learning_rate: must be positive")
-        if not 0 <= self.dropout < 1:
-            problems.append("dropout: must be in [0, 1)")
-        if not 0 <= self.label_smoothing < 1:
-            problems.append("label_smoothing: must be in [0, 1)")
-        if any(int(u) < 1 for u in self.dense):
-            problems.append("dense: every layer needs at least 1 unit")
-        if problems:
-            raise ValueError(f"{where}: " + "; ".join(problems))
+    dense: list[int]
+    dropout: float
+    optimizer: str
+    learning_rate: float
+    fine_tune_learning_rate: float
+    schedule: str
+    weight_decay: float
+    label_smoothing: float
+    unfreeze: int
+
+
+_HEAD_FIELDS = ("dense", "dropout")  # in model.head; the others are in train
+_TRAIN_NAMES = {"unfreeze": "unfreeze_layers"}  # Hparams name -> train field, where they differ
+
+
+def _sections(hp: Hparams, config: Config) -> tuple[HeadConfig, TrainConfig]:
+    """The config's head and train sections with ``hp`` laid over them."""
+    values = dataclasses.asdict(hp)
+    head = dataclasses.replace(config.model.head, **{k: values.pop(k) for k in _HEAD_FIELDS})
+    train = {_TRAIN_NAMES.get(k, k): v for k, v in values.items()}
+    return head, dataclasses.replace(config.train, **train)
 
 
 def default_hparams(config: Config) -> Hparams:
-    t = config.train
+    head, train = config.model.head, config.train
     return Hparams(
-        dense=list(config.model.head.dense),
-        dropout=config.model.head.dropout,
-        optimizer=t.optimizer,
-        learning_rate=t.learning_rate,
-        fine_tune_learning_rate=t.fine_tune_learning_rate,
-        schedule=t.schedule,
-        weight_decay=t.weight_decay,
-        label_smoothing=t.label_smoothing,
-        unfreeze=t.unfreeze_layers,
+        **{
+            f.name: getattr(head, f.name)
+            if f.name in _HEAD_FIELDS
+            else getattr(train, _TRAIN_NAMES.get(f.name, f.name))
+            for f in dataclasses.fields(Hparams)
+        }
     )
 
 
+def _choice_problems(section: Any) -> list[str]:
+    """Fields of a config section whose value is not one of its Literal choices."""
+    hints = typing.get_type_hints(type(section))
+    problems = []
+    for f in dataclasses.fields(section):
+        hint, value = hints[f.name], getattr(section, f.name)
+        choices = typing.get_args(hint)
+        if typing.get_origin(hint) is typing.Literal and value not in choices:
+            problems.append(f"{f.name}: {value!r} is not one of {', '.join(map(repr, choices))}")
+    return problems
+
+
+def check_hparams(hp: Hparams, config: Config, where: str) -> None:
+    """Raise one ConfigError listing what the config's checks find wrong with ``hp``."""
+    problems = [
+        problem
+        for section in _sections(hp, config)
+        for problem in (*_choice_problems(section), *section.validate())
+    ]
+    if problems:
+        raise ConfigError(f"{where}: " + "; ".join(problems))
+
+
+#: What tune writes and train reads: the best hyperparameters (under ``hparams``).
+HPARAMS_FILE = "hparams.json"
+
+
+def hparams_file(hparams: str) -> str:
+    """The JSON file behind ``hparams``: a .json path as given, else a tune folder's hparams.json."""
+    if not hparams or hparams.endswith(".json"):
+        return hparams
+    return storage.join(hparams, HPARAMS_FILE)
+
+
 def load_hparams(path: str | None, config: Config) -> Hparams:
-    """The config's defaults, overridden by a best_hparams.json (its ``hparams`` mapping)."""
+    """The config's defaults, overridden by a tune folder's or a JSON file's ``hparams``."""
     base = default_hparams(config)
     if not path:
         return base
+    path = hparams_file(path)
     try:
         raw = json.loads(storage.read_text(path))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from exc
     values = raw.get("hparams", raw) if isinstance(raw, dict) else None
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of hyperparameters")
+        raise ConfigError(f"{path}: expected a mapping of hyperparameters")
     known = {f.name for f in dataclasses.fields(Hparams)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"{path}: unknown hyperparameters {unknown} (known: {sorted(known)})")
+        raise ConfigError(f"{path}: unknown hyperparameters {unknown} (known: {sorted(known)})")
     hp = dataclasses.replace(base, **values)
-    hp.validate(str(path))
+    check_hparams(hp, config, str(path))
     return hp
 
 
@@ -240,7 +268,7 @@ def make_optimizer(
     import keras
 
     if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer: {name!r} is not one of {', '.join(OPTIMIZERS)}")
+        raise ConfigError(f"optimizer: {name!r} is not one of {', '.join(OPTIMIZERS)}")
     rate: Any = learning_rate
     if schedule == "cosine" and total_steps > 1:
         warmup = max(1, total_steps // 20)
@@ -252,7 +280,7 @@ def make_optimizer(
             alpha=0.01,
         )
     elif schedule not in SCHEDULES:
-        raise ValueError(f"schedule: {schedule!r} is not one of {', '.join(SCHEDULES)}")
+        raise ConfigError(f"schedule: {schedule!r} is not one of {', '.join(SCHEDULES)}")
     if name == "adam":
         return keras.optimizers.Adam(rate)
     if name == "adamw":
@@ -306,24 +334,6 @@ def throughput_callback(images_per_epoch: int):
             )
 
     return Throughput()
-
-
-def curves_png(history: dict[str, list[float]], title: str) -> bytes:
-    """Loss and accuracy per epoch, train and val, as a PNG."""
-    from hemaflow.reporting import report
-
-    plt = report._pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
-        for key, style in ((metric, "-"), (f"val_{metric}", "--")):
-            if history.get(key):
-                epochs = range(1, len(history[key]) + 1)
-                ax.plot(epochs, history[key], style, marker="o", label=key)
-        ax.set_xlabel("epoch")
-        ax.set_title(metric)
-        ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    return report.figure_png(fig)
 
 
 def read_csv_history(path: Path) -> dict[str, list[float]]:
@@ -542,7 +552,10 @@ def data(s: Setup, seed: int):
         s.info, "train", s.batch_size, train=True, seed=seed, max_images=s.train_images
     )
     val_ds = dataset(s.info, "val", s.batch_size)
-    bmk_ds = dataset(s.info, "bmk", s.batch_size) if has_split(s.info, "bmk") else None
+    from hemaflow.data import tfrecords
+
+    has_bmk = tfrecords.has_split(s.info.data_dir, "bmk")
+    bmk_ds = dataset(s.info, "bmk", s.batch_size) if has_bmk else None
     return train_ds, val_ds, bmk_ds
 
 

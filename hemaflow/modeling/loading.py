@@ -1,14 +1,12 @@
 """Load exported models safely: Model folders or .keras files, local or gs://.
 
 Loading always uses ``safe_mode=True``, so a model carrying arbitrary Python (a Lambda layer)
-is refused rather than executed. The modules that register hemaflow's custom layers are
-imported first, so every model hemaflow exports loads by name.
+is refused rather than executed. hemaflow's custom layers (:mod:`hemaflow.modeling.layers`)
+are registered first, so every model hemaflow exports loads by name.
 """
 
 from __future__ import annotations
 
-import importlib
-import json
 import os
 import zipfile
 from pathlib import Path
@@ -16,29 +14,14 @@ from typing import Any
 
 from hemaflow import storage
 from hemaflow.errors import HemaflowError
-from hemaflow.modeling.export import MANIFEST, MODEL_FILE
+from hemaflow.modeling.export import MODEL_FILE
+from hemaflow.modeling.layers import register_layers
 
-# Modules whose import registers hemaflow's serializable layers.
-LAYER_MODULES = ("hemaflow.modeling.zoo", "hemaflow.components.ensemble")
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
 class ModelError(HemaflowError, ValueError):
     """A model path is missing, of the wrong kind, or refused by safe loading."""
-
-
-def register_custom_layers() -> None:
-    """Import every module that registers hemaflow layers (those present in this install)."""
-    for name in LAYER_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        register = getattr(module, "register_layers", None)
-        if register is not None:
-            register()
 
 
 def resolve_model_file(path: str | os.PathLike) -> Path:
@@ -78,7 +61,7 @@ def load_model(path: str | os.PathLike):
     import keras
 
     local = resolve_model_file(path)
-    register_custom_layers()
+    register_layers()
     try:
         return keras.saving.load_model(local, safe_mode=True, compile=False)
     except (ValueError, TypeError) as exc:
@@ -95,31 +78,20 @@ def read_model_manifest(path: str | os.PathLike) -> dict[str, Any]:
     """The manifest of a Model folder (or of the folder holding a .keras file)."""
     uri = str(path)
     if storage.is_gcs(uri):
-        folder_uri = uri.rsplit("/", 1)[0] if uri.endswith(".keras") else uri
-        try:
-            manifest_path = storage.local_path(storage.join(folder_uri, MANIFEST))
-        except storage.StorageError as exc:
-            raise ModelError(f"{path}: no {MANIFEST}; not a hemaflow Model folder") from exc
+        folder = uri.rsplit("/", 1)[0] if uri.endswith(".keras") else uri
     else:
         local = Path(uri).expanduser()
         if not local.exists():
             raise ModelError(f"{path}: no such model file or folder")
-        manifest_path = (local if local.is_dir() else local.parent) / MANIFEST
-    if not manifest_path.is_file():
-        raise ModelError(f"{path}: no {MANIFEST} beside the model; not a hemaflow Model folder")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"{manifest_path}: not valid JSON: {exc}") from exc
-    if manifest.get("kind") != "model":
-        raise ModelError(
-            f"{manifest_path}: kind is {manifest.get('kind')!r}, not 'model' "
-            "(is this a data folder?)"
-        )
-    for key in ("class_names", "image_size"):
-        if key not in manifest:
-            raise ModelError(f"{manifest_path}: missing field '{key}'")
-    return manifest
+        folder = str(local if local.is_dir() else local.parent)
+    return storage.read_json(
+        folder,
+        storage.MANIFEST,
+        "hemaflow Model folder",
+        error=ModelError,
+        kind="model",
+        required=("class_names", "image_size"),
+    )
 
 
 def model_class_names(path: str | os.PathLike, model=None) -> tuple[list[str], int]:

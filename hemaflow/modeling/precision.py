@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 
-POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
+from hemaflow.config import ConfigError, Precision
+
+# The policies model.precision may name, besides "auto".
+POLICIES: tuple[str, ...] = tuple(p for p in typing.get_args(Precision) if p != "auto")
 BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 # Backbone name prefixes built mainly from depthwise convolutions (slow in bf16 on a CPU).
 DEPTHWISE_PREFIXES = ("mobilenet", "efficientnet", "convnext")
@@ -54,7 +58,7 @@ def choose_policy(
     """
     if requested != "auto":
         if requested not in POLICIES:
-            raise ValueError(
+            raise ConfigError(
                 f"model.precision: {requested!r} is not one of auto, {', '.join(POLICIES)}"
             )
         return requested

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hemaflow.config import HeadConfig
+from hemaflow.config import ConfigError, HeadConfig
 
 BACKBONE_LAYER = "backbone"
 OUTPUT_LAYER = "probabilities"
@@ -84,10 +84,10 @@ def known_backbones() -> list[str]:
 
 
 def backbone_spec(name: str) -> BackboneSpec:
-    """The spec of ``name``, or a ValueError listing every known backbone."""
+    """The spec of ``name``, or a ConfigError listing every known backbone."""
     spec = _APPS.get(name) or _CUSTOM.get(name)
     if spec is None:
-        raise ValueError(
+        raise ConfigError(
             f"backbone {name!r} is unknown; known backbones: {', '.join(known_backbones())}"
         )
     return spec
@@ -240,7 +240,7 @@ def _backbone(name: str, image_size: int, weights: str | None):
             model.load_weights(weights)
         return model
     if image_size < 32:
-        raise ValueError(f"backbone {name!r}: needs images of at least 32 px, got {image_size}")
+        raise ConfigError(f"backbone {name!r}: needs images of at least 32 px, got {image_size}")
     constructor = getattr(keras.applications, spec.constructor)
     return constructor(
         include_top=False,
@@ -284,9 +284,9 @@ def build_model(
     from hemaflow.modeling import precision
 
     if num_classes < 2:
-        raise ValueError(f"num_classes: need at least 2 classes, got {num_classes}")
+        raise ConfigError(f"num_classes: need at least 2 classes, got {num_classes}")
     if weights == "imagenet" and backbone in _CUSTOM:
-        raise ValueError(f"backbone {backbone!r} is trained from scratch; no imagenet weights")
+        raise ConfigError(f"backbone {backbone!r} is trained from scratch; no imagenet weights")
     head = head or HeadConfig()
     dense = list(head.dense if dense is None else dense)
     dropout = head.dropout if dropout is None else dropout

@@ -10,16 +10,19 @@ final name. Reads of ``gs://`` objects go through a local cache keyed by the obj
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from hemaflow.storage.paths import (
     COMPLETE_MARKER,
     GCS_PREFIX,
+    MANIFEST,
     StorageError,
     cache_root,
     is_gcs,
@@ -31,6 +34,7 @@ from hemaflow.storage.paths import (
 __all__ = [
     "COMPLETE_MARKER",
     "GCS_PREFIX",
+    "MANIFEST",
     "StorageError",
     "cache_root",
     "is_gcs",
@@ -69,6 +73,44 @@ def read_bytes(uri: str | os.PathLike) -> bytes:
 
 def read_text(uri: str | os.PathLike) -> str:
     return local_path(uri).read_text()
+
+
+def readable(uri: str | os.PathLike) -> str:
+    """A path TensorFlow and Beam can read: gs:// goes through the local cache, because
+    TensorFlow's own GCS file system has a fixed endpoint (it ignores STORAGE_EMULATOR_HOST)."""
+    return str(local_path(uri)) if is_gcs(uri) else str(uri)
+
+
+def read_json(
+    folder: str | os.PathLike,
+    name: str,
+    what: str,
+    error: type[Exception] = StorageError,
+    kind: str | None = None,
+    required: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """The JSON object ``folder/name``, checked for its ``kind`` and ``required`` fields.
+
+    Every artifact manifest is read here, so a missing, malformed or foreign file fails the
+    same way whatever the artifact: one ``error`` naming the file and the ``what`` expected.
+    """
+    uri = join(folder, name)
+    try:
+        text = read_text(uri)
+    except StorageError as exc:
+        raise error(f"{folder}: no {name}; not a {what}") from exc
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{uri}: not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise error(f"{uri}: expected a JSON object, got {type(body).__name__}")
+    if kind is not None and body.get("kind") != kind:
+        raise error(f"{uri}: kind is {body.get('kind')!r}, not {kind!r}; not a {what}")
+    for key in required:
+        if key not in body:
+            raise error(f"{uri}: missing field '{key}'")
+    return body
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -154,7 +196,7 @@ def _swap_in(staging: Path, final: Path) -> None:
 
 
 def _looks_like_artifact(path: Path) -> bool:
-    return (path / "manifest.json").exists() or (path / COMPLETE_MARKER).exists()
+    return (path / MANIFEST).exists() or (path / COMPLETE_MARKER).exists()
 
 
 def is_complete(uri: str | os.PathLike) -> bool:

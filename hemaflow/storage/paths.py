@@ -13,6 +13,7 @@ from pathlib import Path
 from hemaflow.errors import HemaflowError
 
 COMPLETE_MARKER = "_COMPLETE"
+MANIFEST = "manifest.json"  # what every artifact folder says about itself
 GCS_PREFIX = "gs://"
 
 
@@ -48,9 +49,6 @@ def cache_root() -> Path:
     return root
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def sha256_file(path: str | os.PathLike) -> str:
     with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
