@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, row in per:
         print(f"  {name:16s} {row['accuracy']:.4f}")
 
-    ensemble = json.loads((result.model / "report.json").read_text())
+    ensemble = json.loads((result.model / "metrics.json").read_text())
     print("\nensemble against its members on val (weights and temperature fitted on val):")
     for row in [*ensemble["members"], ensemble["ensemble"]]:
         print(

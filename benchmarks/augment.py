@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args(argv)
 
-    from hemaflow.components.augment import balance_and_augment
+    from hemaflow.components import augment
 
     from hemaflow.config import load_config
 
@@ -130,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         warm = build_dataset(args.data, tmp_path / "warm", 0.005, args.size, config.seed)
         # Warm-up on a tiny Dataset of the same size: graphs are traced once per process and
         # image size, and both paths below reuse them.
-        balance_and_augment(str(warm), str(tmp_path / "warm-records"), config)
-        summary = balance_and_augment(str(ds), str(tmp_path / "records"), config)
+        augment.run(str(warm), str(tmp_path / "warm-records"), config)
+        summary = augment.run(str(ds), str(tmp_path / "records"), config)
         records = sum(summary["totals"].values())
         beam_rate = records / summary["seconds"]
         count, seconds = naive_baseline(

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from hemaflow.data import labelled
+
 REPO = Path(__file__).resolve().parents[1]
 VIEW_COUNTS = (1, 2, 4, 8)
 
@@ -33,14 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
     import numpy as np
-    from hemaflow.components.ensemble import dihedral_view
 
     from hemaflow.modeling import inference, loading, metrics
+    from hemaflow.modeling.layers import dihedral_view
 
     model = loading.load_model(args.model)
     rows = []
     for split in args.splits:
-        data = inference.read_split(args.data, split)
+        data = labelled.read_split(args.data, split)
         start = time.perf_counter()
         views = np.stack(
             [

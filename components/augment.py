@@ -44,14 +44,12 @@ import numpy as np
 from hemaflow import storage
 from hemaflow.config import AugmentConfig, Config
 from hemaflow.data import dataset, tfrecords
+from hemaflow.errors import StageError
+from hemaflow.reporting import plots
 
 log = logging.getLogger("hemaflow.augment")
 
 STATS_DIR = "_shard_stats"
-
-
-class AugmentError(ValueError):
-    """The Dataset cannot be balanced and augmented as configured."""
 
 
 # --------------------------------------------------------------------------- planning (pure)
@@ -81,14 +79,14 @@ def balance_plan(
     labels = np.asarray(labels, dtype=np.int64)
     counts = np.bincount(labels, minlength=num_classes)
     if len(counts) > num_classes:
-        raise AugmentError(f"labels go up to {len(counts) - 1} but there are {num_classes} classes")
+        raise StageError(f"labels go up to {len(counts) - 1} but there are {num_classes} classes")
     target = int(counts.max()) if balance_to == "max" else int(balance_to)
     rng = np.random.default_rng([seed & 0xFFFFFFFF, 0xBA1A])
     aug_rows, aug_copy, mix_rows = [], [], []
     for c in range(num_classes):
         members = np.flatnonzero(labels == c)
         if len(members) == 0:
-            raise AugmentError(
+            raise StageError(
                 f"class index {c} has no training images; balancing needs at least one per class"
             )
         order = members[rng.permutation(len(members))]
@@ -247,7 +245,7 @@ def write_root(runner: str, out_dir: str) -> str | None:
     if runner in LOCAL_RUNNERS:
         return None
     if not storage.is_gcs(out_dir):
-        raise AugmentError(
+        raise StageError(
             f"augment.runner {runner} runs on remote workers, which cannot write to the local "
             f"folder {out_dir}; give a gs:// output folder"
         )
@@ -447,7 +445,7 @@ def run_beam(
 # --------------------------------------------------------------------------- the stage
 
 
-def balance_and_augment(dataset_dir: str, out_dir: str, config: Config) -> dict:
+def run(dataset_dir: str, out_dir: str, config: Config) -> dict:
     """Balance, augment and write the Dataset at ``dataset_dir`` as TFRecords in ``out_dir``."""
     dataset_dir = str(dataset_dir)
     if not storage.is_gcs(dataset_dir):
@@ -484,7 +482,7 @@ def balance_and_augment(dataset_dir: str, out_dir: str, config: Config) -> dict:
         for split, expected in records.items():
             found = sum(counts[split].values())
             if found != expected:
-                raise AugmentError(f"{split}: wrote {found} records, planned {expected}")
+                raise RuntimeError(f"{split}: wrote {found} records, planned {expected}")
         before = {name: _class_counts(s.labels, class_names) for name, s in splits.items()}
         body = {
             "kind": "tfrecords",
@@ -507,20 +505,21 @@ def balance_and_augment(dataset_dir: str, out_dir: str, config: Config) -> dict:
             "runner": aug.runner,
         }
         dataset.write_manifest(folder, body)
+        total = sum(records.values())
+        metrics = {
+            "out_dir": str(out_dir),
+            "counts": counts,
+            "totals": records,
+            "train_composition": composition,
+            "shards": {s: len(f) for s, f in shard_files.items()},
+            "seconds": round(elapsed, 2),
+            "images_per_s": round(total / elapsed, 1) if elapsed > 0 else None,
+            "synthetic": body["synthetic"],
+        }
+        storage.write_text_atomic(folder / "metrics.json", json.dumps(metrics, indent=2))
         build_report(splits, class_names, before, counts, config, body["synthetic"]).write(folder)
-    total = sum(records.values())
-    summary = {
-        "out_dir": str(out_dir),
-        "counts": counts,
-        "totals": records,
-        "train_composition": body["train_composition"],
-        "shards": {s: len(f) for s, f in shard_files.items()},
-        "seconds": round(elapsed, 2),
-        "images_per_s": round(total / elapsed, 1) if elapsed > 0 else None,
-        "synthetic": body["synthetic"],
-    }
     log.info("wrote %d records to %s in %.1f s", total, out_dir, elapsed)
-    return summary
+    return metrics
 
 
 # --------------------------------------------------------------------------- report
@@ -574,7 +573,7 @@ def build_report(
         titles.append([f"policy #{draw + 1}"] * len(rows))
     page.figure(
         "augmentations.png",
-        report.image_grid(np.concatenate(grid), sum(titles, []), columns=len(rows)),
+        plots.image_grid(np.concatenate(grid), sum(titles, []), columns=len(rows)),
         "Rows: original, then one row per family (forced on), then the full policy.",
     )
 
@@ -586,9 +585,7 @@ def build_report(
         page.heading(f"{aug.mix.kind} (soft labels)")
         page.figure(
             "mixing.png",
-            report.image_grid(
-                np.concatenate([originals, mixed]), names + labels, columns=len(rows)
-            ),
+            plots.image_grid(np.concatenate([originals, mixed]), names + labels, columns=len(rows)),
             f"Top: originals; bottom: {aug.mix.kind} within the batch, titled with the soft label.",
         )
 
@@ -598,7 +595,7 @@ def build_report(
     page.heading("Bmk: the test split through the benchmark policy")
     page.figure(
         "bmk.png",
-        report.image_grid(
+        plots.image_grid(
             np.concatenate([test.images[test_rows], bmk]),
             ["test"] * len(test_rows) + ["bmk"] * len(test_rows),
             columns=len(test_rows),
@@ -608,11 +605,11 @@ def build_report(
     page.heading("Class balance")
     page.figure(
         "balance_before.png",
-        report.bar_chart(class_names, list(before["train"].values()), "train before (Dataset)"),
+        plots.bar_chart(class_names, list(before["train"].values()), "train before (Dataset)"),
     )
     page.figure(
         "balance_after.png",
-        report.bar_chart(
+        plots.bar_chart(
             class_names, list(after["train"].values()), "train after (by arg-max label)"
         ),
     )

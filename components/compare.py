@@ -15,6 +15,8 @@ from typing import Any
 
 from hemaflow import storage
 from hemaflow.config import Config
+from hemaflow.errors import StageError
+from hemaflow.reporting import plots
 
 log = logging.getLogger("hemaflow.compare")
 
@@ -30,8 +32,8 @@ RESULT_KEYS = (
 )
 
 
-def compare_backbone(data_dir: str, backbone: str, out_dir: str, config: Config) -> dict:
-    """Train ``backbone`` for ``compare.epochs`` on ``data_dir``; write results.json to out_dir."""
+def run(data_dir: str, backbone: str, out_dir: str, config: Config) -> dict:
+    """Train ``backbone`` for ``compare.epochs`` on ``data_dir``; returns its scores and history."""
     from hemaflow.modeling import fitting, zoo
     from hemaflow.reporting.report import Report
 
@@ -59,15 +61,13 @@ def compare_backbone(data_dir: str, backbone: str, out_dir: str, config: Config)
         "epochs": config.compare.epochs,
         "image_size": s.info.image_size,
         "pretrained": s.pretrained,
+        "history": phase["history"],
     }
     with storage.artifact_dir(out_dir) as staging:
-        saved = {**result, "history": phase["history"]}
-        (staging / "results.json").write_text(json.dumps(saved, indent=2))
+        storage.write_text_atomic(staging / "metrics.json", json.dumps(result, indent=2))
         report = Report(f"Backbone comparison: {backbone}")
         report.table([{k: result[k] for k in RESULT_KEYS}])
-        report.figure(
-            "curves.png", fitting.curves_png(phase["history"], backbone), "training curves"
-        )
+        report.figure("curves.png", plots.curves_png(phase["history"], backbone), "training curves")
         report.write(staging)
     log.info("%s: val %.4f, bmk %s", backbone, val_accuracy, bmk_accuracy)
     return result
@@ -76,7 +76,7 @@ def compare_backbone(data_dir: str, backbone: str, out_dir: str, config: Config)
 def score(result: dict, criterion: str) -> float:
     """A result's value under ``criterion`` (mean_accuracy falls back to val without Bmk)."""
     if criterion not in CRITERIA:
-        raise ValueError(f"criterion: {criterion!r} is not one of {', '.join(CRITERIA)}")
+        raise StageError(f"criterion: {criterion!r} is not one of {', '.join(CRITERIA)}")
     val = result.get("val_accuracy")
     bmk = result.get("bmk_accuracy")
     if criterion == "val_accuracy":
@@ -86,19 +86,19 @@ def score(result: dict, criterion: str) -> float:
     else:
         value = val if bmk is None else (val + bmk) / 2 if val is not None else None
     if value is None:
-        raise ValueError(f"{result.get('backbone', '?')}: no {criterion} in its results")
+        raise StageError(f"{result.get('backbone', '?')}: no {criterion} in its results")
     return float(value)
 
 
 def select_top_k(results: list[dict], k: int, criterion: str) -> list[str]:
     """The backbones of the ``k`` best results; ties go to the smaller, then the faster model."""
     if k < 1:
-        raise ValueError(f"k: must be at least 1, got {k}")
+        raise StageError(f"k: must be at least 1, got {k}")
     names = [r.get("backbone") for r in results]
     if len(set(names)) != len(names):
-        raise ValueError(f"results: backbones appear more than once: {names}")
+        raise StageError(f"results: backbones appear more than once: {names}")
     if k > len(results):
-        raise ValueError(
+        raise StageError(
             f"k={k}: only {len(results)} candidate backbone(s) to choose from ({', '.join(map(str, names))})"
         )
     ranked = sorted(

@@ -10,7 +10,7 @@ working size by :class:`ResizeImages`) and returns calibrated probabilities. Wit
 (:func:`dihedral_view`), averaged before the weights and the temperature are fitted, so the
 exported model is the one that was fitted.
 
-The layers are defined by :func:`register_layers` so importing this module stays light.
+The Keras layers live in :mod:`hemaflow.modeling.layers`, so any model loads without this stage.
 Weights and temperature are fitted and reported on the same val split, so the reported
 ensemble val numbers are in-sample; evaluate on test for an honest estimate.
 """
@@ -18,7 +18,7 @@ ensemble val numbers are in-sample; evaluate on test for an honest estimate.
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -26,157 +26,18 @@ import numpy as np
 
 from hemaflow import storage
 from hemaflow.config import Config
+from hemaflow.data import labelled
+from hemaflow.errors import StageError
 from hemaflow.modeling import metrics
-from hemaflow.progress import log
+from hemaflow.modeling.layers import EPS, dihedral_view, register_layers
+from hemaflow.reporting import plots
 
-EPS = 1e-7
+log = logging.getLogger("hemaflow.ensemble")
+
 T_BOUNDS = (0.05, 20.0)
 
 
-# --------------------------------------------------------------------------- layers
-
-_REGISTERED: dict[str, type] = {}
-
-
-def register_layers() -> dict[str, type]:
-    """Define and register the ensemble's layers (idempotent; keeps keras out of import time)."""
-    if _REGISTERED:
-        return _REGISTERED
-    import keras
-
-    @keras.saving.register_keras_serializable(package="hemaflow")
-    class ResizeImages(keras.layers.Layer):
-        """Resize uint8 images of any size to ``size`` x ``size`` and return uint8 again.
-
-        Images already at the working size pass through untouched (members see the pixels
-        they were trained on) and skip the resize kernel, a seventh of inference time.
-        """
-
-        def __init__(self, size: int, **kwargs):
-            super().__init__(**kwargs)
-            self.size = int(size)
-
-        def _resize(self, images):
-            ops = keras.ops
-            resized = ops.image.resize(
-                ops.cast(images, "float32"), (self.size, self.size), antialias=True
-            )
-            return ops.cast(ops.clip(ops.round(resized), 0, 255), "uint8")
-
-        def call(self, images):
-            ops = keras.ops
-            height, width = ops.shape(images)[1:3]
-            if isinstance(height, int) and isinstance(width, int):
-                at_size = (height, width) == (self.size, self.size)
-                return images if at_size else self._resize(images)
-            at_size = ops.logical_and(ops.equal(height, self.size), ops.equal(width, self.size))
-            out = ops.cond(at_size, lambda: images, lambda: self._resize(images))
-            return ops.reshape(out, (-1, self.size, self.size, images.shape[-1]))
-
-        def compute_output_shape(self, input_shape):
-            return (input_shape[0], self.size, self.size, input_shape[-1])
-
-        def compute_output_spec(self, images):
-            shape = (images.shape[0], self.size, self.size, images.shape[-1])
-            return keras.KerasTensor(shape, dtype="uint8")
-
-        def get_config(self):
-            return {**super().get_config(), "size": self.size}
-
-    @keras.saving.register_keras_serializable(package="hemaflow")
-    class DihedralView(keras.layers.Layer):
-        """One of the 8 symmetries of the square, applied to a batch (see :func:`dihedral_view`)."""
-
-        def __init__(self, index: int, **kwargs):
-            super().__init__(**kwargs)
-            if not 0 <= int(index) < 8:
-                raise ValueError(f"{self.name}: view index must be in 0-7, got {index}")
-            self.index = int(index)
-
-        def call(self, images):
-            return dihedral_view(images, self.index, keras.ops)
-
-        def get_config(self):
-            return {**super().get_config(), "index": self.index}
-
-    @keras.saving.register_keras_serializable(package="hemaflow")
-    class WeightedAverage(keras.layers.Layer):
-        """A fixed weighted average of member probability tensors (weights fitted offline)."""
-
-        def __init__(self, weights: list[float], **kwargs):
-            super().__init__(**kwargs)
-            self.member_weights = [float(w) for w in weights]
-
-        def call(self, inputs):
-            ops = keras.ops
-            if len(inputs) != len(self.member_weights):
-                raise ValueError(
-                    f"{self.name}: {len(inputs)} inputs but {len(self.member_weights)} weights"
-                )
-            total = None
-            for weight, probs in zip(self.member_weights, inputs, strict=True):
-                term = ops.cast(probs, "float32") * weight
-                total = term if total is None else total + term
-            return total
-
-        def compute_output_shape(self, input_shape):
-            return input_shape[0]
-
-        def get_config(self):
-            return {**super().get_config(), "weights": self.member_weights}
-
-    @keras.saving.register_keras_serializable(package="hemaflow")
-    class TemperatureScaling(keras.layers.Layer):
-        """Probabilities -> softmax(log(p) / T): T > 1 softens over-confident outputs."""
-
-        def __init__(self, temperature: float = 1.0, **kwargs):
-            super().__init__(**kwargs)
-            if temperature <= 0:
-                raise ValueError(f"{self.name}: temperature must be positive, got {temperature}")
-            self.temperature = float(temperature)
-
-        def call(self, probs):
-            ops = keras.ops
-            logits = ops.log(ops.clip(ops.cast(probs, "float32"), EPS, 1.0))
-            return ops.softmax(logits / self.temperature, axis=-1)
-
-        def compute_output_shape(self, input_shape):
-            return input_shape
-
-        def get_config(self):
-            return {**super().get_config(), "temperature": self.temperature}
-
-    _REGISTERED.update(
-        DihedralView=DihedralView,
-        ResizeImages=ResizeImages,
-        WeightedAverage=WeightedAverage,
-        TemperatureScaling=TemperatureScaling,
-    )
-    return _REGISTERED
-
-
-# modelio imports this module to register the layers before a safe load.
-if "keras" in sys.modules:
-    register_layers()
-
-
 # --------------------------------------------------------------------------- fitting (pure)
-
-
-def dihedral_view(images, index: int, ops=np):
-    """View ``index`` (0-7) of an image batch [N, H, W, C]: bit 1 transposes, bit 2 flips
-    rows, bit 4 flips columns, so views 0-1, 0-3 and 0-7 are 2, 4 and 8 distinct symmetries.
-
-    ``ops`` is numpy or ``keras.ops`` (same signatures), so the fitted and exported
-    ensembles see exactly the same pixels.
-    """
-    if index & 1:
-        images = ops.transpose(images, (0, 2, 1, 3))
-    if index & 2:
-        images = ops.flip(images, axis=1)
-    if index & 4:
-        images = ops.flip(images, axis=2)
-    return images
 
 
 def predict_views(model, images: np.ndarray, views: int, batch_size: int) -> np.ndarray:
@@ -294,26 +155,24 @@ def build_ensemble_model(
 def _check_members(manifests: list[dict], member_dirs: list[str], class_names, size) -> None:
     for path, manifest in zip(member_dirs, manifests, strict=True):
         if list(manifest["class_names"]) != list(class_names):
-            raise ValueError(
+            raise StageError(
                 f"{path}: member classes {manifest['class_names']} differ from the data's "
                 f"{list(class_names)}"
             )
         if int(manifest["image_size"]) != int(size):
-            raise ValueError(
+            raise StageError(
                 f"{path}: member works at {manifest['image_size']} px but the data is {size} px"
             )
 
 
-def build_ensemble(
-    data_dir: str, member_dirs: list[str], out_dir: str, config: Config
-) -> dict[str, Any]:
+def run(data_dir: str, member_dirs: list[str], out_dir: str, config: Config) -> dict[str, Any]:
     """Fit weights and temperature on val, export the ensemble Model folder to ``out_dir``."""
     from hemaflow.modeling import export, inference, loading
     from hemaflow.reporting import report
 
     if not member_dirs:
-        raise ValueError("ensemble: name at least one member model folder")
-    val = inference.read_split(data_dir, "val")
+        raise StageError("ensemble: name at least one member model folder")
+    val = labelled.read_split(data_dir, "val")
     manifests = [loading.read_model_manifest(p) for p in member_dirs]
     _check_members(manifests, member_dirs, val.class_names, val.image_size)
     members = [loading.load_model(p) for p in member_dirs]
@@ -362,6 +221,11 @@ def build_ensemble(
 
     synthetic = bool(val.manifest.get("synthetic", False))
     summary = {
+        "val_accuracy": final["val_accuracy"],
+        "val_log_loss": final["val_log_loss"],
+        "val_ece": final["val_ece"],
+        "best_member_val_log_loss": min(r["val_log_loss"] for r in rows),
+        "uncalibrated_val_log_loss": uncalibrated["val_log_loss"],
         "members": rows,
         "ensemble_before_temperature": uncalibrated,
         "ensemble": final,
@@ -393,7 +257,7 @@ def build_ensemble(
                 "metrics": {k: v for k, v in final.items() if k.startswith("val_")},
             },
         )
-        storage.write_text_atomic(staging / "report.json", json.dumps(summary, indent=2))
+        storage.write_text_atomic(staging / "metrics.json", json.dumps(summary, indent=2))
         page = report.Report("hemaflow ensemble", synthetic=synthetic)
         page.heading("Members and ensemble on val")
         page.table(
@@ -407,20 +271,11 @@ def build_ensemble(
         )
         page.figure(
             "ensemble_log_loss.png",
-            report.bar_chart(
+            plots.bar_chart(
                 [r["model"] for r in rows] + ["ensemble"],
                 [r["val_log_loss"] for r in rows] + [final["val_log_loss"]],
                 "val log-loss (lower is better)",
             ),
         )
         page.write(staging)
-    return {
-        "val_accuracy": final["val_accuracy"],
-        "val_log_loss": final["val_log_loss"],
-        "val_ece": final["val_ece"],
-        "best_member_val_log_loss": min(r["val_log_loss"] for r in rows),
-        "uncalibrated_val_log_loss": uncalibrated["val_log_loss"],
-        "weights": weights.tolist(),
-        "temperature": temperature,
-        "members": [str(p) for p in member_dirs],
-    }
+    return summary

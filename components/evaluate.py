@@ -1,10 +1,16 @@
 """Stage 7, evaluate: clean test, Bmk and the corruption suite, with calibration and robustness.
 
-Clean test and Bmk splits of a TFRecord folder are scored on Beam through tfx-bsl
-RunInference (:mod:`hemaflow.modeling.inference`), the way they scale to large data. The corrupted
-copies are generated on the fly in memory (``hemaflow.imaging.corruptions``) and scored in process
-with the loaded Keras model; ``evaluate.max_images`` caps how many test images they use.
-An ingest Dataset folder (or any in-memory labelled source) is scored in process throughout.
+The model is a Model folder (train or ensemble output) or a bare ``.keras`` file (class names
+from a manifest.json beside it, else ``class_0``...). Clean test and Bmk splits of a TFRecord
+folder are scored on Beam through tfx-bsl RunInference (:mod:`hemaflow.modeling.inference`), the
+way they scale to large data. The corrupted copies are generated on the fly in memory
+(``hemaflow.imaging.corruptions``) and scored in process with the loaded Keras model;
+``evaluate.max_images`` caps how many test images they use. An ingest Dataset folder, or a raw
+labelled source (class folders, a folder with labels.csv, an .npz), is scored in process
+throughout; a raw source's labels are mapped onto the model's classes by name.
+
+Output folder: metrics.json (every number, confusion matrices included), report.html with its
+figures, and model_card.md.
 
 Optional test-time BatchNorm adaptation re-estimates every BatchNorm layer's statistics on
 each corrupted set before predicting (weights untouched, restored afterwards); with
@@ -14,6 +20,7 @@ each corrupted set before predicting (weights untouched, restored afterwards); w
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,32 +28,35 @@ import numpy as np
 
 from hemaflow import storage
 from hemaflow.config import Config
+from hemaflow.data import labelled
+from hemaflow.data.labelled import LabelledSplit
+from hemaflow.data.tfrecords import has_split
+from hemaflow.errors import StageError
 from hemaflow.modeling import metrics
-from hemaflow.modeling.inference import LabelledSplit
-from hemaflow.progress import log, progress
+from hemaflow.progress import progress
+from hemaflow.reporting import plots
+from hemaflow.reporting.plots import curves_png
+
+log = logging.getLogger("hemaflow.evaluate")
 
 MISTAKES_SHOWN = 24
-
-
-class EvaluationError(ValueError):
-    """Model and data do not fit together, or there is nothing to evaluate."""
 
 
 # --------------------------------------------------------------------------- checks
 
 
-def check_compatible(
-    model_classes: list[str], model_size: int, any_size: bool, data: LabelledSplit, where: str
-) -> None:
+def check_compatible(manifest: dict[str, Any], data: LabelledSplit, source: str) -> None:
     """Class lists must match exactly (same order); the size must match unless resized inside."""
-    if list(model_classes) != list(data.class_names):
-        raise EvaluationError(
-            f"{where}: class lists differ: the model has {list(model_classes)}, the data has "
-            f"{list(data.class_names)}"
+    where = f"{manifest['path']} on {source}"
+    if list(manifest["class_names"]) != list(data.class_names):
+        raise StageError(
+            f"{where}: class lists differ: the model has {list(manifest['class_names'])}, the "
+            f"data has {list(data.class_names)}"
         )
-    if not any_size and model_size and int(model_size) != int(data.image_size):
-        raise EvaluationError(
-            f"{where}: the data is {data.image_size} px but the model works at {model_size} px"
+    size = manifest["image_size"]
+    if not manifest.get("accepts_any_size") and size and int(size) != int(data.image_size):
+        raise StageError(
+            f"{where}: the data is {data.image_size} px but the model works at {size} px"
         )
 
 
@@ -145,82 +155,6 @@ def _headline(scored: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- report
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def reliability_png(table: dict[str, list[float]], title: str) -> bytes:
-    from hemaflow.reporting.report import figure_png
-
-    plt = _pyplot()
-    edges = np.asarray(table["edges"])
-    centers = (edges[:-1] + edges[1:]) / 2
-    counts = np.asarray(table["count"])
-    fig, ax = plt.subplots(figsize=(4.2, 4.0))
-    ax.plot([0, 1], [0, 1], "--", color="#999", label="perfect calibration")
-    busy = counts > 0
-    ax.bar(
-        centers[busy],
-        np.asarray(table["accuracy"])[busy],
-        width=edges[1] - edges[0],
-        alpha=0.7,
-        edgecolor="#333",
-        label="accuracy",
-    )
-    ax.plot(
-        np.asarray(table["confidence"])[busy],
-        np.asarray(table["accuracy"])[busy],
-        "o",
-        color="#C44E52",
-        markersize=3,
-        label="mean confidence",
-    )
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, loc="upper left")
-    ax.set_title(title, fontsize=10)
-    return figure_png(fig)
-
-
-def curves_png(history: dict[str, list[float]]) -> bytes:
-    from hemaflow.reporting.report import figure_png
-
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
-    for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
-        for name, values in history.items():
-            if isinstance(values, list) and name.endswith(key):
-                ax.plot(range(1, len(values) + 1), values, label=name)
-        ax.set_xlabel("epoch")
-        ax.set_title(key, fontsize=10)
-        ax.legend(fontsize=7)
-    return figure_png(fig)
-
-
-def severity_png(by_corruption: dict[str, dict[int, dict[str, float]]], clean: float) -> bytes:
-    from hemaflow.reporting.report import figure_png
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    for name, rows in by_corruption.items():
-        sev = sorted(rows)
-        ax.plot(sev, [rows[s]["accuracy"] for s in sev], marker="o", markersize=3, label=name)
-    ax.axhline(clean, color="black", linestyle="--", linewidth=1, label="clean")
-    ax.set_xlabel("severity")
-    ax.set_ylabel("accuracy")
-    ax.set_xticks(sorted({s for rows in by_corruption.values() for s in rows}))
-    ax.legend(fontsize=6, ncol=2, bbox_to_anchor=(1.02, 1), loc="upper left")
-    ax.set_title("accuracy by severity", fontsize=10)
-    return figure_png(fig)
-
-
 def build_report(
     body: dict[str, Any],
     test: LabelledSplit,
@@ -258,19 +192,19 @@ def build_report(
     page.table([{"class": k, **v} for k, v in body["per_class"].items()])
     page.figure(
         "confusion_test.png",
-        report.confusion_matrix_png(np.asarray(body["confusion_matrix"]), test.class_names, "test"),
+        plots.confusion_matrix_png(np.asarray(body["confusion_matrix"]), test.class_names, "test"),
     )
     if body.get("bmk"):
         page.figure(
             "confusion_bmk.png",
-            report.confusion_matrix_png(
+            plots.confusion_matrix_png(
                 np.asarray(body["bmk"]["confusion_matrix"]), test.class_names, "Bmk"
             ),
         )
     page.heading("Calibration")
     page.figure(
         "reliability_test.png",
-        reliability_png(body["reliability"], "test reliability"),
+        plots.reliability_png(body["reliability"], "test reliability"),
         f"ECE (15 bins) {body['ece']:.4f}",
     )
     robustness = body.get("robustness")
@@ -279,7 +213,7 @@ def build_report(
         per = robustness["per_corruption"]
         page.figure(
             "corruption_accuracy.png",
-            report.bar_chart(
+            plots.bar_chart(
                 list(per),
                 [r["accuracy"] for r in per.values()],
                 "accuracy per corruption (mean over severities)",
@@ -288,7 +222,7 @@ def build_report(
         )
         page.figure(
             "corruption_balanced_error.png",
-            report.bar_chart(
+            plots.bar_chart(
                 list(per),
                 [r["balanced_error"] for r in per.values()],
                 "balanced error per corruption (mean over severities)",
@@ -299,7 +233,7 @@ def build_report(
         }
         page.figure(
             "corruption_severity.png",
-            severity_png(by_corruption, robustness["clean_accuracy_on_sample"]),
+            plots.severity_png(by_corruption, robustness["clean_accuracy_on_sample"]),
         )
         rows = [
             {
@@ -336,7 +270,7 @@ def build_report(
             f"{names[test.labels[i]]}\n-> {names[test_probs[i].argmax()]} {test_probs[i].max():.2f}"
             for i in wrong
         ]
-        page.figure("mistakes.png", report.image_grid(test.images[wrong], titles))
+        page.figure("mistakes.png", plots.image_grid(test.images[wrong], titles))
     else:
         page.paragraph("No mistakes on the test split.")
     return page
@@ -360,7 +294,6 @@ def evaluate_loaded(
 ) -> dict[str, Any]:
     """Score a loaded model on in-memory test data (clean probabilities given) and publish."""
     from hemaflow.imaging import corruptions
-    from hemaflow.modeling import inference
     from hemaflow.reporting import modelcard
 
     ev = config.evaluate
@@ -395,7 +328,7 @@ def evaluate_loaded(
         body["bmk_balanced_accuracy"] = bmk_scored["balanced_accuracy"]
 
     names = corruptions.corruption_names(ev.corruptions)
-    keep = inference.subsample(len(test), ev.max_images, config.seed)
+    keep = labelled.subsample(len(test), ev.max_images, config.seed)
     sample_images, sample_labels = test.images[keep], test.labels[keep]
     clean_sample_bacc = metrics.balanced_accuracy(
         sample_labels, test_probs[keep].argmax(axis=1), len(class_names)
@@ -449,6 +382,8 @@ def evaluate_loaded(
             "batchnorm_layers": len(batchnorm_layers(model)),
         }
 
+    body["bn_adapted_corrupted_accuracy"] = (body["bn_adaptation"] or {}).get("corrupted_accuracy")
+
     card_manifest = {
         **model_manifest,
         "class_names": class_names,
@@ -459,17 +394,6 @@ def evaluate_loaded(
             staging / "metrics.json", json.dumps(body, indent=2, sort_keys=True)
         )
         storage.write_text_atomic(
-            staging / "confusion_matrices.json",
-            json.dumps(
-                {
-                    "class_names": class_names,
-                    "test": body["confusion_matrix"],
-                    "bmk": body["bmk"]["confusion_matrix"] if body["bmk"] else None,
-                },
-                indent=2,
-            ),
-        )
-        storage.write_text_atomic(
             staging / "model_card.md",
             modelcard.model_card(card_manifest, body, data_manifest or {}),
         )
@@ -477,29 +401,14 @@ def evaluate_loaded(
             staging
         )
     log.info(
-        "evaluate: accuracy %.4f, balanced %.4f, ECE %.4f, bmk %s, corrupted %.4f",
+        "accuracy %.4f, balanced %.4f, ECE %.4f, bmk %s, corrupted %.4f",
         body["accuracy"],
         body["balanced_accuracy"],
         body["ece"],
         body["bmk_accuracy"],
         body["corrupted_accuracy"],
     )
-    return {
-        k: body[k]
-        for k in (
-            "accuracy",
-            "balanced_accuracy",
-            "ece",
-            "log_loss",
-            "macro_f1",
-            "bmk_accuracy",
-            "bmk_balanced_accuracy",
-            "corrupted_accuracy",
-            "corrupted_balanced_accuracy",
-            "mean_balanced_error",
-            "mean_relative_balanced_error",
-        )
-    } | {"bn_adapted_corrupted_accuracy": (body["bn_adaptation"] or {}).get("corrupted_accuracy")}
+    return body
 
 
 def load_for_evaluation(model_dir: str) -> tuple[Any, dict[str, Any], dict | None]:
@@ -525,43 +434,71 @@ def _align(predictions, split: LabelledSplit, what: str) -> np.ndarray:
     """Beam predictions (sorted by id) reordered to ``split``'s order, checked label by label."""
     index = {source_id: i for i, source_id in enumerate(predictions.ids)}
     if len(index) != len(predictions) or len(index) != len(split):
-        raise EvaluationError(
+        raise StageError(
             f"{what}: {len(predictions)} predictions for {len(split)} images; source ids must "
             "be unique"
         )
     try:
         order = np.array([index[i] for i in split.ids])
     except KeyError as exc:
-        raise EvaluationError(f"{what}: no prediction for example {exc}") from exc
+        raise StageError(f"{what}: no prediction for example {exc}") from exc
     if not np.array_equal(predictions.labels[order], split.labels):
-        raise EvaluationError(f"{what}: labels of the Beam predictions do not match the data")
+        raise StageError(f"{what}: labels of the Beam predictions do not match the data")
     return predictions.probs[order]
 
 
-def evaluate(model_dir: str, data_dir: str, out_dir: str, config: Config) -> dict[str, Any]:
-    """Evaluate a Model folder on a TFRecord folder or Dataset folder (its test split)."""
+def is_artifact(data_dir: str) -> bool:
+    """Whether ``data_dir`` is a hemaflow Dataset or TFRecord folder (it has a manifest.json)."""
+    return storage.exists(storage.join(data_dir, "manifest.json"))
+
+
+Scored = tuple[LabelledSplit, np.ndarray, tuple[np.ndarray, np.ndarray] | None, str, dict]
+"""test split, its probabilities, Bmk (probabilities, labels) or None, how, data manifest."""
+
+
+def run(model_dir: str, data_dir: str, out_dir: str, config: Config) -> dict[str, Any]:
+    """Evaluate a model on labelled data and publish metrics, report and model card.
+
+    ``data_dir`` is a TFRecord or Dataset folder (its test split, and Bmk when present) or a
+    raw labelled source; ``model_dir`` a Model folder or a .keras file.
+    """
+    model, manifest, history = load_for_evaluation(model_dir)
+    score = score_artifact if is_artifact(data_dir) else score_source
+    test, test_probs, bmk, note, data_manifest = score(model, manifest, str(data_dir), config)
+    return evaluate_loaded(
+        model,
+        manifest,
+        test,
+        test_probs,
+        bmk,
+        out_dir,
+        config,
+        note,
+        data_manifest=data_manifest,
+        history=history,
+        source=str(data_dir),
+    )
+
+
+def score_artifact(model, manifest: dict[str, Any], source: str, config: Config) -> Scored:
+    """Test (and Bmk) probabilities on a TFRecord or Dataset folder."""
     from hemaflow.data import dataset
     from hemaflow.modeling import inference
 
-    model, manifest, history = load_for_evaluation(model_dir)
-    source, data_dir = str(data_dir), inference.readable(data_dir)
-    test = inference.read_split(data_dir, "test")
-    check_compatible(
-        manifest["class_names"],
-        manifest["image_size"],
-        bool(manifest.get("accepts_any_size")),
-        test,
-        f"{model_dir} on {source}",
-    )
+    data_dir = storage.readable(source)
+    test = labelled.read_split(data_dir, "test")
+    check_compatible(manifest, test, source)
+    model_dir = manifest["path"]
     has_saved_model = storage.exists(storage.join(model_dir, "saved_model", "saved_model.pb"))
-    aug = config.augment
+    has_bmk = test.kind == "tfrecords" and has_split(data_dir, "bmk")
+    aug, batch = config.augment, config.evaluate.batch_size
     bmk = None
     if test.kind == "tfrecords" and has_saved_model:
         preds = inference.predict_tfrecords(
             model_dir, data_dir, "test", None, aug.runner, aug.runner_options
         )
         test_probs = _align(preds, test, f"{source} test")
-        if tf_has_split(data_dir, "bmk"):
+        if has_bmk:
             bmk_preds = inference.predict_tfrecords(
                 model_dir, data_dir, "bmk", None, aug.runner, aug.runner_options
             )
@@ -572,84 +509,35 @@ def evaluate(model_dir: str, data_dir: str, out_dir: str, config: Config) -> dic
             "and scored in process."
         )
     else:
-        test_probs = inference.predict_arrays(model, test.images, config.evaluate.batch_size)
-        if test.kind == "tfrecords":
-            bmk_split = (
-                inference.read_split(data_dir, "bmk") if tf_has_split(data_dir, "bmk") else None
-            )
-            if bmk_split is not None:
-                bmk = (
-                    inference.predict_arrays(model, bmk_split.images, config.evaluate.batch_size),
-                    bmk_split.labels,
-                )
+        test_probs = inference.predict_arrays(model, test.images, batch)
+        if has_bmk:
+            bmk_split = labelled.read_split(data_dir, "bmk")
+            bmk = (inference.predict_arrays(model, bmk_split.images, batch), bmk_split.labels)
         note = "All sets scored in process with the Keras model (no SavedModel or no TFRecords)."
-    return evaluate_loaded(
-        model,
-        manifest,
-        test,
-        test_probs,
-        bmk,
-        out_dir,
-        config,
-        note,
-        data_manifest=dataset.read_manifest(data_dir),
-        history=history,
-        source=source,
-    )
+    return test, test_probs, bmk, note, dataset.read_manifest(data_dir)
 
 
-def tf_has_split(data_dir: str, split: str) -> bool:
-    import tensorflow as tf
-
-    from hemaflow.data import tfrecords
-
-    return bool(tf.io.gfile.glob(tfrecords.shard_pattern(data_dir, split)))
-
-
-def evaluate_arrays(
-    model_dir: str,
-    images: np.ndarray,
-    labels: np.ndarray,
-    ids: np.ndarray,
-    class_names: list[str],
-    out_dir: str,
-    config: Config,
-    source: str,
-    synthetic: bool = False,
-) -> dict[str, Any]:
-    """Evaluate on an in-memory labelled source (raw folders, .npz, labels.csv)."""
+def score_source(model, manifest: dict[str, Any], source: str, config: Config) -> Scored:
+    """Test probabilities on a raw labelled source read at the model's working size."""
     from hemaflow.modeling import inference
 
-    model, manifest, history = load_for_evaluation(model_dir)
-    if len(labels) == 0:
-        raise EvaluationError(f"{source}: no labelled images to evaluate")
-    split = LabelledSplit(
-        np.asarray(images, np.uint8),
-        np.asarray(labels, np.int64),
-        np.asarray(ids).astype(str),
-        list(class_names),
-        int(images.shape[1]),
+    class_names = list(manifest["class_names"])
+    size = int(manifest["image_size"])
+    if not size:
+        raise StageError(f"{manifest['path']}: no manifest.json and no fixed input size")
+    data = labelled.read_labelled_source(source, size, class_names, config)
+    if len(data.labels) == 0:
+        raise StageError(f"{source}: no labelled images to evaluate")
+    test = LabelledSplit(
+        np.asarray(data.images, np.uint8),
+        np.asarray(data.labels, np.int64),
+        np.asarray(data.ids).astype(str),
+        class_names,
+        int(data.images.shape[1]),
         "source",
-        {"synthetic": synthetic},
+        {"synthetic": data.synthetic},
     )
-    check_compatible(
-        manifest["class_names"],
-        manifest["image_size"],
-        bool(manifest.get("accepts_any_size")),
-        split,
-        f"{model_dir} on {source}",
-    )
-    probs = inference.predict_arrays(model, split.images, config.evaluate.batch_size)
-    return evaluate_loaded(
-        model,
-        manifest,
-        split,
-        probs,
-        None,
-        out_dir,
-        config,
-        "All images scored in process with the Keras model.",
-        data_manifest={"synthetic": synthetic, "source": source},
-        history=history,
-        source=source,
-    )
+    check_compatible(manifest, test, source)
+    probs = inference.predict_arrays(model, test.images, config.evaluate.batch_size)
+    note = "All images scored in process with the Keras model."
+    return test, probs, None, note, {"synthetic": data.synthetic, "source": source}

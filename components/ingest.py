@@ -10,18 +10,19 @@ Output folder (published atomically through :func:`storage.artifact_dir`)::
 
     train.npz val.npz test.npz   the splits (hemaflow.data.dataset layout)
     manifest.json                class names, size, counts, source, seed, synthetic, sha256s
-    report.json                  every finding: skipped files, bad images, duplicate groups,
+    metrics.json                 counts per split and class, warnings, and under ``findings``
+                                 every finding: skipped files, bad images, duplicate groups,
                                  label conflicts, outliers, dropped images with reasons
     report.html (+ PNG figures)  class histograms, image sizes, sample and finding grids
 
-Run alone: ``hemaflow ingest SOURCE --out DIR`` or ``python -m hemaflow.components.ingest SOURCE --out DIR``.
+Run alone: ``hemaflow ingest SOURCE --out DIR``.
 """
 
 from __future__ import annotations
 
 import html
 import json
-from pathlib import Path
+import logging
 from typing import Any
 
 import numpy as np
@@ -29,15 +30,17 @@ import numpy as np
 from hemaflow import storage
 from hemaflow.config import Config
 from hemaflow.data import dataset, quality
-from hemaflow.data.sources import LoadedSource, SourceError, read_source
-from hemaflow.progress import log
-from hemaflow.reporting import report
+from hemaflow.data.sources import LoadedSource, read_source
+from hemaflow.errors import StageError
+from hemaflow.reporting import plots, report
+
+log = logging.getLogger("hemaflow.ingest")
 
 SPLITS = dataset.DATA_SPLITS
 
 
-def ingest(source: str, out_dir: str, config: Config) -> dict[str, Any]:
-    """Ingest ``source`` into a Dataset folder at ``out_dir``; returns the summary."""
+def run(source: str, out_dir: str, config: Config) -> dict[str, Any]:
+    """Ingest ``source`` into a Dataset folder at ``out_dir``; returns its metrics."""
     data = config.data
     loaded = read_source(source, config)
     log.info("checking %d images for duplicates and outliers", len(loaded.labels))
@@ -48,7 +51,7 @@ def ingest(source: str, out_dir: str, config: Config) -> dict[str, Any]:
     keep = np.ones(len(loaded.labels), dtype=bool)
     keep[list(dropped)] = False
     if not keep.any():
-        raise SourceError(f"{source}: every image was dropped by the data checks")
+        raise StageError(f"{source}: every image was dropped by the data checks")
     kept = np.flatnonzero(keep)
     position = {int(i): k for k, i in enumerate(kept)}
     groups = [
@@ -71,19 +74,30 @@ def ingest(source: str, out_dir: str, config: Config) -> dict[str, Any]:
         for k, name in enumerate(SPLITS)
     }
     counts = {name: class_counts(s.labels, loaded.class_names) for name, s in splits.items()}
-    findings_json = findings_record(findings, loaded, dropped)
+    record = findings_record(findings, loaded, dropped)
     warnings = split_warnings(counts)
     for warning in warnings:
         log.warning(warning)
-    summary = {
+    finding_counts = {key: len(value) for key, value in record.items()}
+    metrics = {
         "out_dir": str(out_dir),
         "source": loaded.description,
         "synthetic": loaded.synthetic,
         "class_names": loaded.class_names,
         "image_size": data.image_size,
+        "original_sizes": loaded.original_sizes,
+        "given_splits": _given_split_counts(loaded),
         "counts": counts,
         "totals": {name: len(s) for name, s in splits.items()},
-        "findings": {key: len(value) for key, value in findings_json.items()},
+        "warnings": warnings,
+        "drop_policy": {
+            "exact_duplicates": data.drop.exact_duplicates,
+            "near_duplicates": data.drop.near_duplicates,
+            "label_conflicts": data.drop.label_conflicts,
+            "outliers": data.drop.outliers,
+        },
+        "finding_counts": finding_counts,
+        "findings": record,
         # flat numbers, for pipeline metrics
         **{f"{name}_images": len(s) for name, s in splits.items()},
         "dropped_images": len(dropped),
@@ -106,35 +120,18 @@ def ingest(source: str, out_dir: str, config: Config) -> dict[str, Any]:
                 "seed": config.seed,
                 "split": {"val": data.split.val, "test": data.split.test},
                 "synthetic": loaded.synthetic,
-                "findings": summary["findings"],
+                "findings": finding_counts,
                 "files": files,
             },
         )
-        record = {
-            "source": loaded.description,
-            "synthetic": loaded.synthetic,
-            "class_names": loaded.class_names,
-            "image_size": data.image_size,
-            "original_sizes": loaded.original_sizes,
-            "given_splits": _given_split_counts(loaded),
-            "counts": counts,
-            "warnings": warnings,
-            "drop_policy": {
-                "exact_duplicates": data.drop.exact_duplicates,
-                "near_duplicates": data.drop.near_duplicates,
-                "label_conflicts": data.drop.label_conflicts,
-                "outliers": data.drop.outliers,
-            },
-            **findings_json,
-        }
         storage.write_text_atomic(
-            Path(folder, "report.json"), json.dumps(record, indent=2, sort_keys=True)
+            folder / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True)
         )
         page = build_report(loaded, findings, dropped, splits, counts, source)
         for warning in warnings:
             page.parts.insert(0, f"<p><strong>Warning:</strong> {html.escape(warning)}</p>")
         page.write(folder)
-    return summary
+    return metrics
 
 
 # --------------------------------------------------------------------------- decisions
@@ -295,7 +292,7 @@ def build_report(
     for name in splits:
         page.figure(
             f"classes_{name}.png",
-            report.bar_chart(names, list(counts[name].values()), f"{name}: images per class"),
+            plots.bar_chart(names, list(counts[name].values()), f"{name}: images per class"),
             f"{name}: images per class",
         )
     page.heading("Image sizes in the source")
@@ -310,9 +307,7 @@ def build_report(
             rows.append([loaded.images[i] for i in members])
             titles.append(f"{name} ({int(np.sum(loaded.labels == label))} images)")
     if rows:
-        page.figure(
-            "samples.png", report.mosaic_png(rows, titles), "random examples of every class"
-        )
+        page.figure("samples.png", plots.mosaic_png(rows, titles), "random examples of every class")
 
     def describe(i: int) -> str:
         return f"{_short(str(loaded.ids[i]))} [{names[loaded.labels[i]]}]"
@@ -325,7 +320,7 @@ def build_report(
         rows = rows[:most_rows]
         images = [[loaded.images[i] for i in r] for r in rows]
         labels = ["  |  ".join(describe(i) for i in r) for r in rows]
-        page.figure(file, report.mosaic_png(images, labels), caption)
+        page.figure(file, plots.mosaic_png(images, labels), caption)
 
     finding_grid(
         f"Exact duplicates ({len(findings.exact_groups)} groups)",
@@ -359,7 +354,7 @@ def build_report(
     ]
     page.table(rows[:200], ["id", "label", "reason"])
     if len(rows) > 200:
-        page.paragraph(f"... and {len(rows) - 200} more; the full list is in report.json")
+        page.paragraph(f"... and {len(rows) - 200} more; the full list is in metrics.json")
     page.heading("Skipped files")
     page.table(loaded.skipped + loaded.bad_images, ["path", "reason"])
     return page

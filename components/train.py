@@ -6,6 +6,9 @@ the random head does not wreck the pretrained features), then fine-tuning of the
 phase over the whole network at ``learning_rate``. Each phase checkpoints every epoch into a
 stable work folder (``train.checkpoint_dir``, else beside ``out_dir``): a re-run with the
 same ``out_dir`` after a kill or preemption resumes at the last finished epoch.
+
+Hyperparameters come from a tune output folder (its ``hparams.json``) or a JSON file; without
+one, from the config's ``train.*`` and ``model.head``.
 """
 
 from __future__ import annotations
@@ -18,14 +21,16 @@ from typing import Any
 
 from hemaflow import storage
 from hemaflow.config import Config
+from hemaflow.reporting import plots
 
 log = logging.getLogger("hemaflow.train")
 
 
-def train_backbone(
-    data_dir: str, backbone: str, hparams: str | None, out_dir: str, config: Config
-) -> dict:
-    """Train, then export a Model folder to ``out_dir``; returns val (and Bmk) metrics."""
+def run(data_dir: str, backbone: str, hparams: str, out_dir: str, config: Config) -> dict:
+    """Train, then export a Model folder to ``out_dir``; returns val (and Bmk) metrics.
+
+    ``hparams`` is a tune output folder, a JSON file, or empty for the config's defaults.
+    """
     from hemaflow.modeling import export, fitting, zoo
     from hemaflow.reporting.report import Report
 
@@ -88,9 +93,8 @@ def train_backbone(
     }
     with storage.artifact_dir(out_dir) as staging:
         export.export_model(model, staging, s.info.class_names, s.info.image_size, info)
-        curves = fitting.curves_png(history, f"{backbone} ({s.policy})")
-        (staging / "curves.png").write_bytes(curves)
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        curves = plots.curves_png(history, f"{backbone} ({s.policy})")
+        storage.write_text_atomic(staging / "metrics.json", json.dumps(metrics, indent=2))
         report = Report(f"Training: {backbone}")
         report.table([{"backbone": backbone, "precision": s.policy, **metrics}])
         report.figure("curves.png", curves, "loss and accuracy per epoch (train and val)")

@@ -15,7 +15,7 @@ Distributed tuning works as keras-tuner's own: start the same command once with
 ``KERASTUNER_TUNER_ID=chief`` (runs the oracle) and on each worker with
 ``KERASTUNER_TUNER_ID=tuner0``, ``tuner1`` ..., all with ``KERASTUNER_ORACLE_IP`` and
 ``KERASTUNER_ORACLE_PORT`` naming the chief. Workers run trials; only the chief publishes
-best_hparams.json and the trial table.
+hparams.json, metrics.json, the trial table and the report.
 """
 
 from __future__ import annotations
@@ -29,8 +29,11 @@ from typing import Any
 
 from hemaflow import storage
 from hemaflow.config import Config
+from hemaflow.errors import StageError
 
 log = logging.getLogger("hemaflow.tune")
+
+"""The file of a tune output folder that train reads."""
 
 
 def hparams_from_values(values: dict[str, Any], pretrained: bool, config: Config) -> dict:
@@ -149,13 +152,18 @@ def rows_to_csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def tune_backbone(data_dir: str, backbone: str, out_dir: str, config: Config) -> dict:
-    """Search hyperparameters for ``backbone``; out_dir gets best_hparams.json + trials table."""
+def run(data_dir: str, backbone: str, out_dir: str, config: Config) -> dict:
+    """Search hyperparameters for ``backbone``; out_dir gets hparams.json and the trial table.
+
+    hparams.json holds the best hyperparameters (under ``hparams``) with the search's
+    metrics beside them, so the file train reads says where it came from. A distributed
+    worker only runs trials and returns its tuner id; the chief publishes the folder.
+    """
     from hemaflow.modeling import fitting
     from hemaflow.reporting.report import Report
 
     if config.tune.max_trials < 1:
-        raise ValueError("tune.max_trials: the tuner budget must be at least 1 trial")
+        raise StageError("tune.max_trials: the tuner budget must be at least 1 trial")
     s = fitting.setup(data_dir, backbone, config, config.tune.train_images)
     train_ds, val_ds, _ = fitting.data(s, config.seed)
     directory = config.tune.directory or str(fitting.default_work_dir(out_dir) / "tuner")
@@ -168,30 +176,32 @@ def tune_backbone(data_dir: str, backbone: str, out_dir: str, config: Config) ->
         return {"backbone": backbone, "tuner_id": tuner_id}
 
     rows = trial_rows(tuner.oracle)
-    scored = [r for r in rows if r["score"] is not None]
-    if not scored:
-        raise RuntimeError(f"{backbone}: no tuning trial finished (see {directory})")
+    if not any(r["score"] is not None for r in rows):
+        raise StageError(f"{backbone}: no tuning trial finished (see {directory})")
     best_trial = tuner.oracle.get_best_trials(1)[0]
     hparams = hparams_from_values(best_trial.hyperparameters.values, s.pretrained, config)
-    result = {
+    metrics = {
         "backbone": backbone,
         "objective": "val_accuracy",
         "best_val_accuracy": float(best_trial.score),
         "best_trial": best_trial.trial_id,
         "trials": len(rows),
         "algorithm": config.tune.algorithm,
-        "hparams": hparams,
     }
     with storage.artifact_dir(out_dir) as staging:
-        (staging / "best_hparams.json").write_text(json.dumps(result, indent=2))
-        (staging / "trials.json").write_text(json.dumps(rows, indent=2, default=str))
-        (staging / "trials.csv").write_text(rows_to_csv(rows))
+        storage.write_text_atomic(
+            staging / fitting.HPARAMS_FILE, json.dumps({**metrics, "hparams": hparams}, indent=2)
+        )
+        storage.write_text_atomic(staging / "metrics.json", json.dumps(metrics, indent=2))
+        storage.write_text_atomic(staging / "trials.json", json.dumps(rows, indent=2, default=str))
+        storage.write_text_atomic(staging / "trials.csv", rows_to_csv(rows))
         report = Report(f"Tuning: {backbone}")
         report.paragraph(
             f"{len(rows)} trial(s), {config.tune.algorithm}; best val accuracy "
             f"{best_trial.score:.4f} (trial {best_trial.trial_id})."
         )
+        report.json_block(hparams)
         report.table(rows)
         report.write(staging)
     log.info("%s: best val accuracy %.4f over %d trial(s)", backbone, best_trial.score, len(rows))
-    return result
+    return metrics

@@ -1,4 +1,9 @@
-"""Progress reporting for long work, readable both in a terminal and in a pod's log."""
+"""Progress reporting for long work, readable both in a terminal and in a pod's log.
+
+Logging is one tree under ``hemaflow``: each stage logs as ``hemaflow.<stage>`` (e.g.
+``hemaflow.train``) and each library module as ``hemaflow.<module>``, so one
+:func:`setup_logging` call, or one logger's level, governs them all.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,6 @@ from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
-
-log = logging.getLogger("hemaflow")
 
 
 def progress(items: Iterable[T], total: int | None = None, desc: str = "") -> Iterator[T]:
@@ -30,6 +33,7 @@ def progress(items: Iterable[T], total: int | None = None, desc: str = "") -> It
 
 
 def setup_logging(verbose: bool = False) -> None:
+    """Log to stderr with the logger's name, so stdout stays free for a command's output."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

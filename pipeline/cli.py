@@ -1,8 +1,9 @@
 """The ``hemaflow`` command line: one subcommand per stage, plus run, compile, submit, schedule.
 
 Subcommands are discovered from :mod:`pipeline.commands`: each module there defines
-``register(subparsers)`` and sets ``func`` on its parser. Errors a user can fix end the
-program with a one-line reason and a non-zero status, not a traceback.
+``register(subparsers)`` and sets ``func`` on its parser. Errors a user can fix (every
+:class:`~hemaflow.errors.HemaflowError`, an unreadable user path) end the program with a
+one-line reason and a non-zero status; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import sys
 from hemaflow.pipeline import commands
 
 import hemaflow
+from hemaflow.errors import HemaflowError
 from hemaflow.progress import setup_logging
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, KeyError, RuntimeError)
+# What a user can fix; anything else is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (HemaflowError, OSError)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -89,10 +89,10 @@ def ds(pbc128_root, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def out(ds, tmp_path_factory) -> tuple[Path, dict]:
-    from hemaflow.components.augment import balance_and_augment
+    from hemaflow.components import augment
 
     folder = tmp_path_factory.mktemp("tfr") / "records"
-    summary = balance_and_augment(str(ds), str(folder), small_config())
+    summary = augment.run(str(ds), str(folder), small_config())
     return folder, summary
 
 
@@ -127,9 +127,11 @@ def test_balance_plan_counts_are_exact():
 
 
 def test_balance_plan_refuses_an_empty_class():
-    from hemaflow.components.augment import AugmentError, balance_plan
+    from hemaflow.components.augment import balance_plan
 
-    with pytest.raises(AugmentError, match="class index 2 has no training images"):
+    from hemaflow.errors import StageError
+
+    with pytest.raises(StageError, match="class index 2 has no training images"):
         balance_plan(np.array([0, 1, 1, 3]), 4, "max", copies=1, seed=0)
 
 
@@ -160,10 +162,12 @@ def test_runner_options_pass_through():
 
 
 def test_remote_runners_need_a_gcs_output_and_shards_are_gathered(tmp_path):
-    from hemaflow.components.augment import AugmentError, gather_shards, write_root
+    from hemaflow.components.augment import gather_shards, write_root
+
+    from hemaflow.errors import StageError
 
     assert write_root("DirectRunner", str(tmp_path)) is None
-    with pytest.raises(AugmentError, match="DataflowRunner runs on remote workers.*gs://"):
+    with pytest.raises(StageError, match="DataflowRunner runs on remote workers.*gs://"):
         write_root("DataflowRunner", str(tmp_path / "out"))
     remote = write_root("DataflowRunner", "gs://bucket/runs/tfr")
     assert remote.startswith("gs://bucket/runs/tfr.beam-tmp-")
@@ -278,14 +282,14 @@ def test_bmk_is_the_test_split_augmented(out, ds):
 
 @pytest.mark.slow
 def test_same_dataset_and_seed_give_the_same_bytes(out, ds, tmp_path):
-    from hemaflow.components.augment import balance_and_augment
+    from hemaflow.components import augment
 
     folder, _ = out
     config = small_config(
         **{"augment.runner_options": ["--direct_running_mode=in_memory", "--direct_num_workers=1"]}
     )
     again = tmp_path / "again"
-    balance_and_augment(str(ds), str(again), config)
+    augment.run(str(ds), str(again), config)
     shards = sorted(p.name for p in folder.glob(f"*{tfrecords.SHARD_SUFFIX}"))
     assert shards == sorted(p.name for p in again.glob(f"*{tfrecords.SHARD_SUFFIX}"))
     for name in shards:
@@ -303,11 +307,11 @@ def read_records(path: Path) -> list[bytes]:
 
 
 def test_missing_dataset_dir(tmp_path):
-    from hemaflow.components.augment import balance_and_augment
+    from hemaflow.components import augment
 
     missing = tmp_path / "nowhere"
     with pytest.raises(dataset.DatasetError, match="nowhere: no such Dataset folder"):
-        balance_and_augment(str(missing), str(tmp_path / "out"), small_config())
+        augment.run(str(missing), str(tmp_path / "out"), small_config())
     assert not (tmp_path / "out").exists()
 
 
@@ -322,7 +326,8 @@ def test_empty_split(ds, tmp_path):
 def test_manifest_disagreeing_with_data(ds, tmp_path):
     import shutil
 
-    from hemaflow.components.augment import balance_and_augment, load_dataset
+    from hemaflow.components import augment
+    from hemaflow.components.augment import load_dataset
 
     copy = tmp_path / "copy"
     shutil.copytree(ds, copy)
@@ -330,7 +335,7 @@ def test_manifest_disagreeing_with_data(ds, tmp_path):
     manifest["image_size"] = 64
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(dataset.DatasetError, match=r"train\.npz: images are uint8 .*image_size 64"):
-        balance_and_augment(str(copy), str(tmp_path / "out"), small_config())
+        augment.run(str(copy), str(tmp_path / "out"), small_config())
 
     manifest["image_size"] = SIZE
     manifest["counts"]["test"]["platelet"] = 5

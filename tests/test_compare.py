@@ -14,7 +14,7 @@ from hemaflow.config import load_config
 def test_compare_backbone_reports_every_key(pbc_tfrecords, tmp_path):
     config = load_config("quickstart", overrides={"compare.epochs": 1, "model.batch_size": 32})
     out = tmp_path / "small_cnn"
-    result = compare.compare_backbone(str(pbc_tfrecords), "small_cnn", str(out), config)
+    result = compare.run(str(pbc_tfrecords), "small_cnn", str(out), config)
     for key in compare.RESULT_KEYS:
         assert key in result, key
     assert result["backbone"] == "small_cnn"
@@ -22,7 +22,7 @@ def test_compare_backbone_reports_every_key(pbc_tfrecords, tmp_path):
     assert result["params"] > 10_000
     assert result["train_images_per_s"] > 0 and result["infer_images_per_s"] > 0
     assert result["precision"] in ("float32", "mixed_bfloat16")
-    saved = json.loads((out / "results.json").read_text())
+    saved = json.loads((out / "metrics.json").read_text())
     assert saved["val_accuracy"] == result["val_accuracy"]
     assert (out / "report.html").exists()
 
@@ -30,7 +30,7 @@ def test_compare_backbone_reports_every_key(pbc_tfrecords, tmp_path):
 def test_compare_unknown_backbone_fails_before_writing(pbc_tfrecords, tmp_path):
     config = load_config("quickstart")
     with pytest.raises(ValueError, match="known backbones"):
-        compare.compare_backbone(str(pbc_tfrecords), "alexnet", str(tmp_path / "x"), config)
+        compare.run(str(pbc_tfrecords), "alexnet", str(tmp_path / "x"), config)
     assert not (tmp_path / "x").exists()
 
 

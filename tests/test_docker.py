@@ -116,6 +116,9 @@ def test_container_plan_mounts_inputs_read_only_and_output_parents_writable(tmp_
     assert gs.command == ["train", "gs://b/data", "--out", "gs://b/model"]
     assert gs.volumes == {} and gs.network_mode is None
 
+    to_stdout = docker_run.plan_container("predict", ["--out=-", "m"], env={})
+    assert to_stdout.command == ["predict", "--out=-", "m"] and to_stdout.volumes == {}
+
 
 def test_a_key_file_is_mounted_read_only_and_never_put_in_the_environment(tmp_path):
     key = tmp_path / "sa.json"

@@ -60,7 +60,8 @@ def test_fit_weights_and_temperature_pure():
 
 def test_dihedral_views_are_the_eight_symmetries_in_numpy_and_keras():
     import keras
-    from hemaflow.components.ensemble import dihedral_view, register_layers
+
+    from hemaflow.modeling.layers import dihedral_view, register_layers
 
     images = np.random.default_rng(0).integers(0, 256, (2, 5, 5, 3), dtype=np.uint8)
     views = [dihedral_view(images, v) for v in range(8)]
@@ -79,17 +80,18 @@ def test_dihedral_views_are_the_eight_symmetries_in_numpy_and_keras():
 
 @pytest.mark.slow
 def test_eight_view_ensemble_gives_every_view_of_an_image_the_same_answer(members, tmp_path):
-    from hemaflow.components.ensemble import build_ensemble, dihedral_view
+    from hemaflow.components import ensemble
 
     from hemaflow.modeling.inference import predict_arrays
+    from hemaflow.modeling.layers import dihedral_view
     from hemaflow.modeling.loading import load_model, read_model_manifest
 
     data_dir, dirs, val = members
     out = tmp_path / "ensemble"
     config = load_config("quickstart", overrides={"ensemble.views": 8})
-    result = build_ensemble(str(data_dir), dirs[:1], str(out), config)
+    result = ensemble.run(str(data_dir), dirs[:1], str(out), config)
     assert read_model_manifest(out)["views"] == 8
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "metrics.json").read_text())
     assert report["views"] == 8 and report["members"][0]["model"] == "tiny0 (8 views)"
     model = load_model(out)  # safe_mode: DihedralView is registered
     probs = predict_arrays(model, val[0])
@@ -108,14 +110,14 @@ def test_eight_view_ensemble_gives_every_view_of_an_image_the_same_answer(member
 
 @pytest.mark.slow
 def test_build_ensemble_beats_members_on_val(members, tmp_path):
-    from hemaflow.components.ensemble import build_ensemble
+    from hemaflow.components import ensemble
 
     from hemaflow.modeling.inference import predict_arrays
     from hemaflow.modeling.loading import load_model, read_model_manifest
 
     data_dir, dirs, val = members
     out = tmp_path / "ensemble"
-    result = build_ensemble(str(data_dir), dirs, str(out), load_config("quickstart"))
+    result = ensemble.run(str(data_dir), dirs, str(out), load_config("quickstart"))
     assert result["val_log_loss"] <= result["best_member_val_log_loss"] + 1e-9
     assert result["val_log_loss"] <= result["uncalibrated_val_log_loss"] + 1e-9
     assert sum(result["weights"]) == pytest.approx(1.0)
@@ -124,7 +126,7 @@ def test_build_ensemble_beats_members_on_val(members, tmp_path):
     manifest = read_model_manifest(out)
     assert manifest["class_names"] == list(CLASS_NAMES)
     assert [m["backbone"] for m in manifest["members"]] == ["tiny0", "tiny1"]
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "metrics.json").read_text())
     assert len(report["members"]) == 2 and "ensemble" in report
     assert (out / "report.html").is_file() and (out / "saved_model" / "saved_model.pb").is_file()
 
@@ -151,7 +153,7 @@ def test_build_ensemble_beats_members_on_val(members, tmp_path):
 
 
 def test_ensemble_rejects_mismatched_members(members, tmp_path):
-    from hemaflow.components.ensemble import build_ensemble
+    from hemaflow.components import ensemble
 
     data_dir, dirs, _ = members
     config = load_config("quickstart")
@@ -162,10 +164,10 @@ def test_ensemble_rejects_mismatched_members(members, tmp_path):
     manifest = json.loads((first / "manifest.json").read_text())
     (wrong / "manifest.json").write_text(json.dumps({**manifest, "class_names": ["a"] * 8}))
     with pytest.raises(ValueError, match="member classes"):
-        build_ensemble(str(data_dir), [dirs[0], str(wrong)], str(tmp_path / "out"), config)
+        ensemble.run(str(data_dir), [dirs[0], str(wrong)], str(tmp_path / "out"), config)
     (wrong / "manifest.json").write_text(json.dumps({**manifest, "image_size": 64}))
     with pytest.raises(ValueError, match="works at 64 px but the data is 32 px"):
-        build_ensemble(str(data_dir), [dirs[0], str(wrong)], str(tmp_path / "out"), config)
+        ensemble.run(str(data_dir), [dirs[0], str(wrong)], str(tmp_path / "out"), config)
     assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="at least one member"):
-        build_ensemble(str(data_dir), [], str(tmp_path / "out"), config)
+        ensemble.run(str(data_dir), [], str(tmp_path / "out"), config)

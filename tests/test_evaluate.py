@@ -46,11 +46,11 @@ def quick_config(**extra):
 
 @pytest.mark.slow
 def test_evaluate_tfrecords_end_to_end(setup, tmp_path):
-    from hemaflow.components.evaluate import evaluate
+    from hemaflow.components import evaluate
 
     model, model_dir, records, _, test = setup
     out = tmp_path / "eval"
-    result = evaluate(
+    result = evaluate.run(
         str(model_dir), str(records), str(out), quick_config(**{"evaluate.bn_adaptation": True})
     )
     body = json.loads((out / "metrics.json").read_text())
@@ -94,10 +94,10 @@ def test_evaluate_tfrecords_end_to_end(setup, tmp_path):
 
 
 def test_evaluate_dataset_folder_in_process(setup, tmp_path):
-    from hemaflow.components.evaluate import evaluate
+    from hemaflow.components import evaluate
 
     model, model_dir, _, data, test = setup
-    result = evaluate(str(model_dir), str(data), str(tmp_path / "eval"), quick_config())
+    result = evaluate.run(str(model_dir), str(data), str(tmp_path / "eval"), quick_config())
     expected = model.predict(test[0], verbose=0).argmax(axis=1)
     assert result["accuracy"] == pytest.approx(np.mean(expected == test[1]))
     assert result["bmk_accuracy"] is None and result["bn_adapted_corrupted_accuracy"] is None
@@ -124,9 +124,10 @@ def test_bn_adaptation_restores_statistics(setup):
 
 
 def test_evaluate_errors_write_nothing(setup, tmp_path):
-    from hemaflow.components.evaluate import EvaluationError, evaluate
+    from hemaflow.components import evaluate
 
     from hemaflow.data import dataset
+    from hemaflow.errors import StageError
 
     _, model_dir, _, data, test = setup
     other = tmp_path / "other"
@@ -135,14 +136,14 @@ def test_evaluate_errors_write_nothing(setup, tmp_path):
     manifest["class_names"] = list(reversed(CLASS_NAMES))
     (other / "manifest.json").write_text(json.dumps(manifest))
     out = tmp_path / "out"
-    with pytest.raises(EvaluationError, match="class lists differ"):
-        evaluate(str(model_dir), str(other), str(out), quick_config())
+    with pytest.raises(StageError, match="class lists differ"):
+        evaluate.run(str(model_dir), str(other), str(out), quick_config())
     empty = tmp_path / "empty"
     write_dataset(empty, {"test": (test[0][:0], test[1][:0], [])})
     with pytest.raises(dataset.DatasetError, match="split 'test' is empty"):
-        evaluate(str(model_dir), str(empty), str(out), quick_config())
+        evaluate.run(str(model_dir), str(empty), str(out), quick_config())
     with pytest.raises(ValueError, match="unknown corruption"):
-        evaluate(
+        evaluate.run(
             str(model_dir), str(data), str(out), quick_config(**{"evaluate.corruptions": ["fog"]})
         )
     assert not out.exists()

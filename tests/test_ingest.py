@@ -10,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hemaflow.components.ingest import choose_drops, ingest, stratified_split
+from hemaflow.components import ingest
+from hemaflow.components.ingest import choose_drops, stratified_split
 from hemaflow.pipeline.cli import main
 from PIL import Image
 
 from hemaflow.config import load_config
 from hemaflow.data import dataset
-from hemaflow.data.sources import SourceError
+from hemaflow.errors import StageError
 from tests.test_quality import non_cell_images
 
 
@@ -57,8 +58,12 @@ def dirty(pbc_sample, tmp_path_factory) -> dict:
         },
     }
     out = tmp_path_factory.mktemp("out") / "dataset"
-    summary = ingest(str(root), str(out), config(64))
+    summary = ingest.run(str(root), str(out), config(64))
     return {"root": root, "out": out, "summary": summary, "expected": expected}
+
+
+def metrics(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
 
 
 def _group_sets(groups) -> list[set[str]]:
@@ -66,7 +71,7 @@ def _group_sets(groups) -> list[set[str]]:
 
 
 def test_planted_findings_are_found_exactly(dirty):
-    record = json.loads((dirty["out"] / "report.json").read_text())
+    record = metrics(dirty["out"])["findings"]
     expected = dirty["expected"]
     assert sorted(map(sorted, _group_sets(record["exact_duplicate_groups"]))) == sorted(
         map(sorted, expected["exact"])
@@ -78,7 +83,7 @@ def test_planted_findings_are_found_exactly(dirty):
 
 
 def test_drops_follow_policy_with_reasons(dirty):
-    record = json.loads((dirty["out"] / "report.json").read_text())
+    record = metrics(dirty["out"])["findings"]
     reasons = {d["id"]: d["reason"] for d in record["dropped"]}
     expected = dirty["expected"]
     for outlier in expected["outliers"]:
@@ -140,22 +145,22 @@ def test_stratified_split_unit():
 
 def test_same_seed_same_dataset_and_other_seed_other_split(tmp_path):
     cfg = config(24, **{"data.synthetic_per_class": 10})
-    ingest("default", str(tmp_path / "a"), cfg)
-    ingest("default", str(tmp_path / "b"), cfg)
-    ingest("default", str(tmp_path / "c"), cfg.replace({"seed": 99}))
+    ingest.run("default", str(tmp_path / "a"), cfg)
+    ingest.run("default", str(tmp_path / "b"), cfg)
+    ingest.run("default", str(tmp_path / "c"), cfg.replace({"seed": 99}))
     files = [dataset.read_manifest(tmp_path / n)["files"] for n in "abc"]
     assert files[0] == files[1]
     assert files[0]["val.npz"] != files[2]["val.npz"]
 
 
 def test_synthetic_default_is_labelled_everywhere(tmp_path):
-    summary = ingest(
+    summary = ingest.run(
         "default", str(tmp_path / "syn"), config(24, **{"data.synthetic_per_class": 6})
     )
     assert summary["synthetic"] is True
     assert dataset.read_manifest(tmp_path / "syn")["synthetic"] is True
     assert "SYNTHETIC DATA" in (tmp_path / "syn" / "report.html").read_text()
-    assert json.loads((tmp_path / "syn" / "report.json").read_text())["synthetic"] is True
+    assert metrics(tmp_path / "syn")["synthetic"] is True
     assert summary["totals"] == {"train": 32, "val": 8, "test": 8}
     assert (summary["train_images"], summary["val_images"], summary["dropped_images"]) == (32, 8, 0)
 
@@ -172,8 +177,8 @@ def test_medmnist_npz_ingest_records_given_splits(tmp_path):
         arrays[f"{split}_images"] = images[idx]
         arrays[f"{split}_labels"] = labels[idx].reshape(-1, 1)
     np.savez(tmp_path / "blood.npz", **arrays)
-    summary = ingest(str(tmp_path / "blood.npz"), str(tmp_path / "ds"), config(32))
-    record = json.loads((tmp_path / "ds" / "report.json").read_text())
+    summary = ingest.run(str(tmp_path / "blood.npz"), str(tmp_path / "ds"), config(32))
+    record = metrics(tmp_path / "ds")
     assert record["given_splits"] == {"test": 10, "train": 30, "val": 8}
     assert record["warnings"] == []
     assert record["source"]["layout"] == "medmnist"
@@ -184,8 +189,8 @@ def test_classes_missing_from_a_split_are_warned_about(tmp_path):
     path = tmp_path / "tiny.npz"
     images = np.random.default_rng(1).integers(90, 200, (12, 32, 32, 3), dtype=np.uint8)
     np.savez(path, images=images, labels=np.array([0] * 10 + [1] * 2))
-    ingest(str(path), str(tmp_path / "ds"), config(32, **{"data.drop.outliers": False}))
-    record = json.loads((tmp_path / "ds" / "report.json").read_text())
+    ingest.run(str(path), str(tmp_path / "ds"), config(32, **{"data.drop.outliers": False}))
+    record = metrics(tmp_path / "ds")
     assert "class 'eosinophil' has no images in the val split" in record["warnings"]
     assert "Warning:" in (tmp_path / "ds" / "report.html").read_text()
 
@@ -195,8 +200,8 @@ def test_every_image_dropped_is_an_error(tmp_path):
     for name in ("a", "b"):
         (root / name).mkdir(parents=True)
         Image.new("RGB", (32, 32), (20, 200, 20)).save(root / name / "x.png")
-    with pytest.raises(SourceError, match="every image was dropped"):
-        ingest(str(root), str(tmp_path / "out"), config(32))
+    with pytest.raises(StageError, match="every image was dropped"):
+        ingest.run(str(root), str(tmp_path / "out"), config(32))
     assert not (tmp_path / "out").exists()  # nothing half-written is published
 
 

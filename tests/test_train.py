@@ -31,13 +31,13 @@ def _config(**overrides):
 
 @pytest.mark.slow
 def test_train_exports_a_model_that_beats_chance(pbc_tfrecords, tmp_path):
-    from hemaflow.components.train import train_backbone
+    from hemaflow.components import train
 
     from hemaflow.data import tfrecords
     from hemaflow.modeling import loading
 
     out = tmp_path / "model"
-    metrics = train_backbone(str(pbc_tfrecords), "small_cnn", None, str(out), _config())
+    metrics = train.run(str(pbc_tfrecords), "small_cnn", "", str(out), _config())
     for name in ("model.keras", "saved_model", "manifest.json", "curves.png", "report.html"):
         assert (out / name).exists(), name
     manifest = loading.read_model_manifest(str(out))
@@ -51,6 +51,7 @@ def test_train_exports_a_model_that_beats_chance(pbc_tfrecords, tmp_path):
     assert accuracy > 0.3, accuracy
     assert abs(metrics["bmk_accuracy"] - accuracy) < 1e-6
     assert not fitting.default_work_dir(str(out)).exists()  # checkpoints cleaned up
+    assert json.loads((out / "metrics.json").read_text()) == metrics
 
 
 @pytest.mark.slow
@@ -101,7 +102,7 @@ def test_killed_training_resumes_from_its_checkpoint(pbc_tfrecords, tmp_path):
 
 def test_hparams_file_overrides_and_is_checked(tmp_path):
     config = _config()
-    path = tmp_path / "best_hparams.json"
+    path = tmp_path / "hparams.json"
     path.write_text(json.dumps({"hparams": {"dense": [256, 64], "optimizer": "lion"}}))
     hp = fitting.load_hparams(str(path), config)
     assert hp.dense == [256, 64] and hp.optimizer == "lion"
@@ -110,7 +111,7 @@ def test_hparams_file_overrides_and_is_checked(tmp_path):
     with pytest.raises(ValueError, match="dense_units"):
         fitting.load_hparams(str(path), config)
     path.write_text(json.dumps({"hparams": {"optimizer": "rmsprop"}}))
-    with pytest.raises(ValueError, match=r"best_hparams.json: optimizer"):
+    with pytest.raises(ValueError, match=r"hparams.json: optimizer"):
         fitting.load_hparams(str(path), config)
 
 
@@ -146,17 +147,17 @@ def test_optimizers_and_schedule():
 
 
 def test_bad_data_folders_are_named(pbc_tfrecords, tmp_path):
-    from hemaflow.components.train import train_backbone
+    from hemaflow.components import train
 
     with pytest.raises(FileNotFoundError, match="manifest.json"):
-        train_backbone(str(tmp_path), "small_cnn", None, str(tmp_path / "m"), _config())
+        train.run(str(tmp_path), "small_cnn", "", str(tmp_path / "m"), _config())
     empty = tmp_path / "empty"
     empty.mkdir()
     manifest = json.loads((pbc_tfrecords / "manifest.json").read_text())
     manifest["counts"]["val"] = {name: 0 for name in manifest["class_names"]}
     (empty / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="split 'val' is empty"):
-        train_backbone(str(empty), "small_cnn", None, str(tmp_path / "m"), _config())
+        train.run(str(empty), "small_cnn", "", str(tmp_path / "m"), _config())
     assert not (tmp_path / "m").exists()
 
 

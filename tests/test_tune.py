@@ -12,7 +12,7 @@ from hemaflow.modeling import fitting
 
 @pytest.mark.slow
 def test_tune_writes_best_hparams_within_budget(pbc_tfrecords, tmp_path):
-    from hemaflow.components.tune import tune_backbone
+    from hemaflow.components import tune
 
     config = load_config(
         "quickstart",
@@ -29,8 +29,8 @@ def test_tune_writes_best_hparams_within_budget(pbc_tfrecords, tmp_path):
         },
     )
     out = tmp_path / "hparams"
-    result = tune_backbone(str(pbc_tfrecords), "small_cnn", str(out), config)
-    best = json.loads((out / "best_hparams.json").read_text())
+    result = tune.run(str(pbc_tfrecords), "small_cnn", str(out), config)
+    best = json.loads((out / "hparams.json").read_text())
     assert best["backbone"] == "small_cnn" and 1 <= best["trials"] <= 2
     assert 0.0 <= best["best_val_accuracy"] <= 1.0
     assert best["best_val_accuracy"] == result["best_val_accuracy"]
@@ -40,8 +40,10 @@ def test_tune_writes_best_hparams_within_budget(pbc_tfrecords, tmp_path):
     header = (out / "trials.csv").read_text().splitlines()[0].split(",")
     for column in ("trial_id", "score", "learning_rate", "optimizer", "dense_1", "dropout"):
         assert column in header
-    # The artifact is what train reads.
-    hp = fitting.load_hparams(str(out / "best_hparams.json"), config)
+    assert json.loads((out / "metrics.json").read_text()) == result
+    # The artifact is what train reads: the folder or its hparams.json.
+    hp = fitting.load_hparams(str(out), config)
+    assert hp == fitting.load_hparams(str(out / "hparams.json"), config)
     # Every trial stayed inside the configured space.
     assert hp.optimizer in ("adam", "adamw") and hp.dense[0] == 64 and hp.dropout == 0.2
     assert {t["optimizer"] for t in trials} <= {"adam", "adamw"}

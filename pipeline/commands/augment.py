@@ -12,8 +12,8 @@ oversampling minority classes with augmentation (up to the majority count, or
 augment.balance_to), add augment.copies augmented copies per image and, unless
 augment.mix.kind is none, one CutMix/MixUp copy with soft labels. The originals are
 kept. Writes GZIP TFRecord shards for train (shuffled), val and test (unaugmented)
-and bmk (the test split through augment.bmk_policy), plus manifest.json and
-report.html with sample grids of every augmentation family.
+and bmk (the test split through augment.bmk_policy), plus manifest.json,
+metrics.json and report.html with sample grids of every augmentation family.
 
 Runs as an Apache Beam pipeline: DirectRunner by default; set augment.runner and
 augment.runner_options (passed to Beam's PipelineOptions) for Dataflow, Flink or
@@ -49,11 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hemaflow.components.augment import balance_and_augment
+    from hemaflow.components import augment
 
     config = config_from_args(args, seed=args.seed)
-    summary = balance_and_augment(args.dataset_dir, args.out, config)
-    print(format_summary(summary))
+    print(format_summary(augment.run(args.dataset_dir, args.out, config)))
     return 0
 
 
@@ -67,6 +66,6 @@ def format_summary(summary: dict) -> str:
         f"  records: {totals}",
         f"  train: {mix}",
         f"  {summary['seconds']} s, {summary['images_per_s']} images/s",
-        "  details: manifest.json and report.html in the output folder",
+        "  details: manifest.json, metrics.json and report.html in the output folder",
     ]
     return "\n".join(lines)

@@ -15,8 +15,8 @@ from hemaflow.pipeline.commands._common import (
 DESCRIPTION = """\
 Train one backbone for compare.epochs on a TFRecord folder from `hemaflow augment`: the
 head only (frozen backbone) with pretrained model.weights, the whole network from scratch
-without. Writes results.json (val and Bmk accuracy, parameters, training and inference
-images/s, dtype policy) and report.html to --out. Run it once per candidate (a pipeline
+without. Writes metrics.json (val and Bmk accuracy, parameters, training and inference
+images/s, dtype policy, history) and report.html to --out. Run it once per candidate (a pipeline
 runs them in parallel) and pick the best with compare.top_k and compare.criterion."""
 
 EXAMPLES = """\
@@ -36,8 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hemaflow.components.compare import RESULT_KEYS, compare_backbone
+    from hemaflow.components import compare
 
-    result = compare_backbone(args.data_dir, args.backbone, args.out, config_from_args(args))
-    print(json.dumps({k: result[k] for k in RESULT_KEYS}, indent=2))
+    result = compare.run(args.data_dir, args.backbone, args.out, config_from_args(args))
+    print(json.dumps({k: result[k] for k in compare.RESULT_KEYS}, indent=2))
     return 0

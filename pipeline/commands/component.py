@@ -6,6 +6,8 @@ import argparse
 import subprocess
 import sys
 
+from hemaflow.errors import StageError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -37,7 +39,7 @@ def split_runner_options(
         elif token == "--image":
             image = next(tokens, None)
             if image is None:
-                raise ValueError("--image: needs an image name")
+                raise StageError("--image: needs an image name")
         elif token.startswith("--image="):
             image = token.split("=", 1)[1]
         else:

@@ -10,7 +10,8 @@ DESCRIPTION = """\
 Load the member models safely, score them once on the val split of DATA_DIR,
 fit member weights (softmax-parameterised, minimising val log-loss) and a
 temperature (minimising val NLL), and export ONE Model folder that takes raw
-uint8 images of any size and returns calibrated class probabilities.
+uint8 images of any size and returns calibrated class probabilities, with
+metrics.json (members and ensemble on val) and report.html.
 
 DATA_DIR is a balance-and-augment TFRecord folder or an ingest Dataset folder;
 every member must have been trained on its classes and image size."""
@@ -44,10 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hemaflow.components.ensemble import build_ensemble
+    from hemaflow.components import ensemble
 
-    config = config_from_args(args)
-    result = build_ensemble(args.data_dir, args.members, args.out, config)
+    result = ensemble.run(args.data_dir, args.members, args.out, config_from_args(args))
     weights = ", ".join(f"{w:.3f}" for w in result["weights"])
     print(
         f"ensemble written to {args.out}\n"

@@ -12,7 +12,8 @@ precision/recall/F1, confusion matrix, calibration (ECE), Bmk when present, and
 the corruption suite (evaluate.corruptions x evaluate.severities) summarised
 MedMNIST-C style. Writes DIR/metrics.json, DIR/report.html, DIR/model_card.md.
 
-MODEL is a Model folder (train or ensemble output) or a .keras file.
+MODEL is a Model folder (train or ensemble output) or a .keras file (class
+names from the manifest.json beside it, else class_0, class_1, ...).
 SOURCE is one of:
   a TFRecord folder     (balance-and-augment output: test and bmk splits,
                          scored on Beam with tfx-bsl RunInference)
@@ -49,37 +50,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def is_artifact(source: str) -> bool:
-    """Whether SOURCE is a hemaflow Dataset or TFRecord folder (it has a manifest.json)."""
-    from hemaflow import storage
-
-    return storage.exists(storage.join(source, "manifest.json"))
-
-
 def run(args: argparse.Namespace) -> int:
     from hemaflow.components import evaluate
 
-    from hemaflow.modeling import inference, loading
-
     config = config_from_args(args, **{"evaluate.max_images": args.max_images})
-    if is_artifact(args.source):
-        result = evaluate.evaluate(args.model, args.source, args.out, config)
-    else:
-        manifest = loading.read_model_manifest(args.model)
-        data = inference.read_labelled_source(
-            args.source, int(manifest["image_size"]), list(manifest["class_names"]), config
-        )
-        result = evaluate.evaluate_arrays(
-            args.model,
-            data.images,
-            data.labels,
-            data.ids,
-            list(manifest["class_names"]),
-            args.out,
-            config,
-            source=args.source,
-            synthetic=data.synthetic,
-        )
+    result = evaluate.run(args.model, args.source, args.out, config)
     bmk = result["bmk_accuracy"]
     print(
         f"evaluation written to {args.out}\n"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from hemaflow.errors import HemaflowError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -44,7 +46,7 @@ def run_build(args: argparse.Namespace) -> int:
     for item in args.build_arg:
         key, eq, value = item.partition("=")
         if not eq or not key:
-            raise ValueError(f"--build-arg {item!r}: expected KEY=VALUE")
+            raise HemaflowError(f"--build-arg {item!r}: expected KEY=VALUE")
         extra[key] = value
     _, tags = image.build_image(
         gpu=args.gpu,

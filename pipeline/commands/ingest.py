@@ -10,8 +10,8 @@ DESCRIPTION = """\
 Read a data source, decode and resize its images to the working size, check them
 (exact and near duplicates, label conflicts, outliers that are not blood cells),
 drop what data.drop says, split stratified into train/val/test with the config's
-seed, and write a Dataset folder: train/val/test .npz, manifest.json, report.json
-and report.html.
+seed, and write a Dataset folder: train/val/test .npz, manifest.json, metrics.json
+(counts and every finding) and report.html.
 
 SOURCE is one of:
   PATH/                a folder of class sub-folders with JPEG/PNG/TIFF images
@@ -70,24 +70,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hemaflow.components.ingest import ingest
+    from hemaflow.components import ingest
 
     config = config_from_args(args, **{"data.image_size": args.size})
-    source = args.source or config.data.source
-    summary = ingest(source, args.out, config)
-    print(format_summary(summary))
+    print(format_summary(ingest.run(args.source or config.data.source, args.out, config)))
     return 0
 
 
 def format_summary(summary: dict) -> str:
     """A few lines for the terminal: where, how many per split, what was found."""
     totals = ", ".join(f"{name} {count}" for name, count in summary["totals"].items())
-    found = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary["findings"].items() if v)
+    found = ", ".join(
+        f"{k.replace('_', ' ')} {v}" for k, v in summary["finding_counts"].items() if v
+    )
     lines = [
         f"dataset written to {summary['out_dir']} ({summary['image_size']} px, "
         f"{len(summary['class_names'])} classes{', SYNTHETIC' if summary['synthetic'] else ''})",
         f"  images: {totals}",
         f"  findings: {found or 'none'}",
-        "  details: report.html and report.json in the output folder",
+        "  details: report.html and metrics.json in the output folder",
     ]
     return "\n".join(lines)

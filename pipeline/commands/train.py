@@ -13,8 +13,9 @@ from hemaflow.pipeline.commands._common import (
 )
 
 DESCRIPTION = """\
-Train one backbone on a TFRecord folder with the hyperparameters of --hparams (a
-best_hparams.json from `hemaflow tune`; the config's train.* and model.head without):
+Train one backbone on a TFRecord folder with the hyperparameters of --hparams (the
+output folder of `hemaflow tune`, or its hparams.json or another JSON file; the
+config's train.* and model.head without):
 a frozen warm-up of train.warmup_epochs, then fine-tuning of the top unfrozen layers at
 train.fine_tune_learning_rate (from scratch: the whole network at train.learning_rate),
 with early stopping on val accuracy. Every epoch is checkpointed in train.checkpoint_dir
@@ -25,7 +26,7 @@ manifest.json, history.json, curves.png, metrics.json and report.html to --out."
 EXAMPLES = """\
 examples:
   hemaflow train runs/tfr --backbone resnet_mini --out runs/models/resnet_mini --profile cpu
-  hemaflow train runs/tfr --backbone resnet50 --hparams runs/tune/r50/best_hparams.json --out runs/models/r50"""
+  hemaflow train runs/tfr --backbone resnet50 --hparams runs/tune/r50 --out runs/models/r50"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,16 +34,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         subparsers, "train", "train one backbone and export the model", DESCRIPTION, EXAMPLES
     )
     add_backbone_arguments(parser)
-    parser.add_argument("--hparams", metavar="FILE", help="best_hparams.json from `hemaflow tune`")
+    parser.add_argument(
+        "--hparams",
+        default="",
+        metavar="PATH",
+        help="a `hemaflow tune` output folder or a JSON file of hyperparameters",
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="output Model folder")
     add_config_options(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from hemaflow.components.train import train_backbone
+    from hemaflow.components import train
 
     config = config_from_args(args)
-    metrics = train_backbone(args.data_dir, args.backbone, args.hparams, args.out, config)
-    print(json.dumps(metrics, indent=2))
+    print(
+        json.dumps(
+            train.run(args.data_dir, args.backbone, args.hparams, args.out, config), indent=2
+        )
+    )
     return 0

@@ -16,9 +16,9 @@ DESCRIPTION = """\
 Search head sizes, dropout, optimizer, learning rate and schedule, label smoothing and
 (with pretrained weights) how many backbone layers to unfreeze, with tune.algorithm
 (hyperband, bayesian or random) within tune.max_trials trials of tune.epochs epochs.
-Writes best_hparams.json (the input of `hemaflow train --hparams`), trials.json,
-trials.csv and report.html to --out. tune.directory (may be gs://) keeps the tuner's
-state so a re-run continues. Distributed: set KERASTUNER_TUNER_ID (chief, tuner0, ...),
+Writes hparams.json (the best hyperparameters; `hemaflow train --hparams` reads
+it), metrics.json, trials.json, trials.csv and report.html to --out.
+tune.directory (may be gs://) keeps the tuner's state so a re-run continues. Distributed: set KERASTUNER_TUNER_ID (chief, tuner0, ...),
 KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT as keras-tuner documents."""
 
 EXAMPLES = """\
@@ -42,8 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hemaflow.components.tune import tune_backbone
+    from hemaflow.components import tune
 
-    result = tune_backbone(args.data_dir, args.backbone, args.out, config_from_args(args))
+    result = tune.run(args.data_dir, args.backbone, args.out, config_from_args(args))
     print(json.dumps(result, indent=2))
     return 0
