@@ -1,14 +1,21 @@
 """The one validated configuration of hemaflow, with its profiles.
 
-A profile is a YAML file under ``components/profiles``; a user file may name a profile to
-start from (``profile: cpu``) and override any key. Everything is checked on load: an unknown
-key, a wrong type or an impossible value raises :class:`ConfigError` naming the key and the file.
-Stages receive the typed sections below, never raw dictionaries.
+A profile is a YAML file under ``hemaflow/profiles``, or in a folder of site profiles named by
+the ``HEMAFLOW_PROFILES`` environment variable (several separated by ``os.pathsep``), which
+is searched first; a user file may name a profile to start from (``profile: cpu``) and
+override any key. Everything is checked on load: an unknown key, a wrong type or an
+impossible value raises :class:`ConfigError` naming the key and the file. Stages receive the
+typed sections below, never raw dictionaries.
+
+A resolved config travels as JSON (:meth:`Config.to_json`, :func:`from_json`): the whole
+tree, so whoever receives it rebuilds the same config without reading any profile.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import re
 import types
 import typing
@@ -21,6 +28,7 @@ import yaml
 from hemaflow.errors import HemaflowError
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
+PROFILES_ENV = "HEMAFLOW_PROFILES"
 CLASS_NAMES: tuple[str, ...] = (
     "basophil",
     "eosinophil",
@@ -31,6 +39,14 @@ CLASS_NAMES: tuple[str, ...] = (
     "neutrophil",
     "platelet",
 )
+
+
+#: Choices that several sections share, spelled once; code reads them with typing.get_args.
+Optimizer = Literal["adam", "adamw", "sgd", "lion"]
+Schedule = Literal["constant", "cosine"]
+Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
+Severity = Literal[1, 2, 3, 4, 5]
+SEVERITIES: tuple[int, ...] = typing.get_args(Severity)
 
 
 class ConfigError(HemaflowError, ValueError):
@@ -193,7 +209,7 @@ class ModelConfig:
     backbones: list[str] = field(default_factory=lambda: ["small_cnn", "resnet_mini"])
     weights: str = "none"
     head: HeadConfig = field(default_factory=HeadConfig)
-    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
+    precision: Precision = "auto"
     batch_size: int = 64
     # XLA for the training step; "auto" is Keras's choice (on with a GPU, off on a CPU).
     jit_compile: bool | Literal["auto"] = "auto"
@@ -233,13 +249,9 @@ class SearchSpace:
     dense_first: list[int] = field(default_factory=lambda: [128, 256, 512, 1024])
     dense_second: list[int] = field(default_factory=lambda: [0, 64, 128])  # 0: one layer
     dropout: list[float] = field(default_factory=lambda: [0.0, 0.5])
-    optimizers: list[Literal["adam", "adamw", "sgd", "lion"]] = field(
-        default_factory=lambda: ["adam", "adamw", "sgd", "lion"]
-    )
+    optimizers: list[Optimizer] = field(default_factory=lambda: ["adam", "adamw", "sgd", "lion"])
     learning_rate: list[float] = field(default_factory=lambda: [1e-4, 1e-2])  # log-uniform
-    schedules: list[Literal["constant", "cosine"]] = field(
-        default_factory=lambda: ["constant", "cosine"]
-    )
+    schedules: list[Schedule] = field(default_factory=lambda: ["constant", "cosine"])
     label_smoothing: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2])
     unfreeze: list[int] = field(default_factory=lambda: [0, 10, 20, 40, -1])  # pretrained only
 
@@ -292,8 +304,8 @@ class TrainConfig:
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 1e-4
     early_stopping_patience: int = 3
-    optimizer: Literal["adam", "adamw", "sgd", "lion"] = "adamw"
-    schedule: Literal["constant", "cosine"] = "cosine"
+    optimizer: Optimizer = "adamw"
+    schedule: Schedule = "cosine"
     # Decoupled, as Keras applies it to AdamW, SGD and Lion (kernels only, not BatchNorm or
     # biases): each step shrinks them by learning_rate x weight_decay, so 1e-4 suits SGD but
     # is negligible for AdamW (which usually wants 1e-2 to 5e-2) and Lion (more).
@@ -337,14 +349,14 @@ class EnsembleConfig:
 @dataclass(frozen=True)
 class EvaluateConfig:
     corruptions: list[str] = field(default_factory=lambda: ["all"])
-    severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    severities: list[int] = field(default_factory=lambda: list(SEVERITIES))
     max_images: int = 0
     bn_adaptation: bool = False
     batch_size: int = 128
 
     def validate(self) -> list[str]:
         errors = []
-        if not self.severities or any(s not in (1, 2, 3, 4, 5) for s in self.severities):
+        if not self.severities or any(s not in SEVERITIES for s in self.severities):
             errors.append("severities: must be a non-empty list drawn from 1-5")
         if self.max_images < 0:
             errors.append("max_images: must be 0 (all) or more")
@@ -436,6 +448,10 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_json(self) -> str:
+        """The whole config as canonical JSON (sorted keys), what :func:`from_json` reads."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
     def replace(self, overrides: dict[str, Any]) -> Config:
         """A copy with ``overrides`` (nested dict or dotted keys) applied and validated."""
         merged = _deep_merge(self.to_dict(), _expand_dotted(overrides))
@@ -445,8 +461,22 @@ class Config:
 # --------------------------------------------------------------------------- loading
 
 
+def profile_dirs() -> list[Path]:
+    """Where profiles are looked up, first match wins: ``HEMAFLOW_PROFILES``, then built-in."""
+    site = [Path(p).expanduser() for p in os.environ.get(PROFILES_ENV, "").split(os.pathsep) if p]
+    return [*site, PROFILE_DIR]
+
+
 def available_profiles() -> list[str]:
-    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+    return sorted({p.stem for folder in profile_dirs() for p in folder.glob("*.yaml")})
+
+
+def profile_path(name: str) -> Path | None:
+    """The file of profile ``name``: the first folder of :func:`profile_dirs` that has it."""
+    for folder in profile_dirs():
+        if (folder / f"{name}.yaml").is_file():
+            return folder / f"{name}.yaml"
+    return None
 
 
 def load_config(
@@ -464,11 +494,12 @@ def load_config(
         origin = str(path)
         user = _read_yaml(Path(path))
     name = profile or user.get("profile") or "quickstart"
-    if name not in available_profiles():
+    found = profile_path(name) if isinstance(name, str) else None
+    if found is None:
         raise ConfigError(
             f"{origin}: profile: unknown profile {name!r}; choose one of {', '.join(available_profiles())}"
         )
-    base = _read_yaml(PROFILE_DIR / f"{name}.yaml")
+    base = _read_yaml(found)
     merged = _deep_merge(base, user)
     merged["profile"] = name
     if overrides:
@@ -493,6 +524,17 @@ def from_dict(raw: dict[str, Any], origin: str = "<dict>") -> Config:
         listing = "\n  ".join(errors)
         raise ConfigError(f"{origin}: invalid configuration:\n  {listing}")
     return config
+
+
+def from_json(text: str, origin: str = "config") -> Config:
+    """The config :meth:`Config.to_json` wrote, validated again (it may have been edited)."""
+    try:
+        raw = json.loads(text)
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{origin}: not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: must be a JSON object of config sections, got {text[:40]!r}")
+    return from_dict(raw, origin=origin)
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -8,7 +8,7 @@ changes with the KFP release or a wrapper's docstring (sdkVersion, the embedded 
 
 Regenerate the golden file after an intended change with::
 
-    python -m pipeline.compiler --golden
+    python -m hemaflow.pipeline.compiler --golden
 """
 
 from __future__ import annotations
@@ -23,9 +23,14 @@ import yaml
 from hemaflow.pipeline.resources import Target
 
 from hemaflow import storage
-from hemaflow.config import Config, load_config
+from hemaflow.config import Config, from_json, load_config
+from hemaflow.errors import HemaflowError
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
+
+
+class PackageError(HemaflowError, ValueError):
+    """A file given as a compiled hemaflow pipeline that is not one."""
 
 
 def compile_pipeline(config: Config, out: str | Path, target: Target = "kubeflow") -> Path:
@@ -47,11 +52,19 @@ def load_ir(path: str | Path) -> dict[str, Any]:
     text = Path(path).read_text()
     docs = [d for d in yaml.safe_load_all(text) if d]
     if not docs or "root" not in docs[0] or "deploymentSpec" not in docs[0]:
-        raise ValueError(f"{path}: not a compiled KFP pipeline (no root/deploymentSpec)")
+        raise PackageError(f"{path}: not a compiled KFP pipeline (no root/deploymentSpec)")
     ir = dict(docs[0])
     for extra in docs[1:]:
         ir.update(extra)
     return ir
+
+
+def compiled_config(path: str | Path) -> Config:
+    """The config a compiled file was built for (the default of its ``config`` parameter)."""
+    params = load_ir(path)["root"].get("inputDefinitions", {}).get("parameters", {})
+    if "defaultValue" not in params.get("config", {}):
+        raise PackageError(f"{path}: no config parameter; recompile it with 'hemaflow compile'")
+    return from_json(params["config"]["defaultValue"], origin=f"{path}: config")
 
 
 def normalise(ir: dict[str, Any]) -> dict[str, Any]:
@@ -80,7 +93,7 @@ def render_golden(profile: str, target: Target = "kubeflow") -> str:
 def golden_text(ir: dict[str, Any], profile: str, target: Target = "kubeflow") -> str:
     header = (
         f"# Normalised compiled structure of the {profile!r} profile ({target}).\n"
-        "# Regenerate after an intended change: python -m pipeline.compiler --golden\n"
+        "# Regenerate after an intended change: python -m hemaflow.pipeline.compiler --golden\n"
     )
     return header + yaml.safe_dump(normalise(ir), sort_keys=True, width=100)
 

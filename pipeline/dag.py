@@ -1,22 +1,23 @@
 """The hemaflow DAG: ingest -> augment -> compare (fan-out) -> top k -> tune+train (fan-out)
 -> ensemble -> evaluate.
 
-The fan-outs live in a nested pipeline, ``select-and-train``, that receives the validated
-overrides as its own input. Besides grouping the model-building half of the DAG, this keeps
-every value entering a ParallelFor a pipeline input: kfp.local (2.17) substitutes the loop
-item for any *task output* parameter passed into a loop, which would hand the overrides of
+The resolved config is the pipeline's one parameter, ``config``: the whole config as JSON,
+its default the config the pipeline was built for. The first task, ``configure``, validates
+it (so a run whose ``config`` was changed at submission stops before any data is read) and
+hands its canonical JSON to every other task; nothing inside the run reads a profile file,
+so a compiled pipeline reproduces its run whatever profiles the image ships.
+
+The fan-outs live in a nested pipeline, ``select-and-train``, that receives the config and
+the backbones as its own inputs. Besides grouping the model-building half of the DAG, this
+keeps every value entering a ParallelFor a pipeline input: kfp.local (2.17) substitutes the
+loop item for any *task output* parameter passed into a loop, which would hand the config of
 ``configure`` to the loop body as a backbone name.
 
-:func:`build_pipeline` turns a validated config into a KFP pipeline whose parameter defaults
-are that config, and whose tasks carry the config's resources for the chosen backend. The
-tasks receive the profile name and a JSON overrides string; the first task, ``configure``,
-merges the run's parameters into it and validates the result, so a bad value stops the run
-before any data is read.
+:func:`build_pipeline` also gives every task the config's resources for the chosen backend.
 """
 
 # No "from __future__ import annotations": KFP reads the pipeline function's annotations.
 
-import json
 from typing import Any, NamedTuple
 
 from hemaflow.pipeline import resources
@@ -29,7 +30,7 @@ def build_pipeline(config: Config, target: Target = "kubeflow") -> Any:
     """The KFP pipeline (a GraphComponent) for ``config`` on ``target``."""
     from typing import List  # noqa: UP035 - KFP's type parser knows typing.List
 
-    from hemaflow.pipeline.components import make_components
+    from hemaflow.pipeline.tasks import make_components
     from kfp import dsl
     from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model
 
@@ -48,58 +49,35 @@ def build_pipeline(config: Config, target: Target = "kubeflow") -> Any:
         report: HTML
         evaluation: Artifact
 
+    # Inside the pipeline functions below, ``config`` is the parameter (JSON), not the Config.
     defaults = parameters(config)
 
     @dsl.pipeline(name="select-and-train")
     def select_and_train(
         data: Input[Dataset],
         backbones: List[str],  # noqa: UP006
-        k: int,
-        profile: str,
-        overrides: str,
+        config: str,
     ) -> Model:
         """Compare every candidate, keep the top k, tune and train them, ensemble them."""
-        common = {"profile": profile, "overrides": overrides}
         with dsl.ParallelFor(backbones, parallelism=parallelism) as candidate:
-            cmp = task("compare", data=data, backbone=candidate, **common)
-        top = task("select-top-k", results=dsl.Collected(cmp.outputs["Output"]), k=k, **common)
+            cmp = task("compare", data=data, backbone=candidate, config=config)
+        top = task("select-top-k", results=dsl.Collected(cmp.outputs["Output"]), config=config)
         with dsl.ParallelFor(top.output, parallelism=parallelism) as chosen:
-            tun = task("tune", data=data, backbone=chosen, **common)
+            tun = task("tune", data=data, backbone=chosen, config=config)
             trn = task(
-                "train", data=data, hparams=tun.outputs["hparams"], backbone=chosen, **common
+                "train", data=data, hparams=tun.outputs["hparams"], backbone=chosen, config=config
             )
-        ens = task("ensemble", data=data, members=dsl.Collected(trn.outputs["model"]), **common)
-        return ens.outputs["model"]
+        members = dsl.Collected(trn.outputs["model"])
+        return task("ensemble", data=data, members=members, config=config).outputs["model"]
 
-    def hemaflow(
-        source: str = defaults["source"],
-        profile: str = defaults["profile"],
-        backbones: List[str] = defaults["backbones"],  # noqa: UP006
-        k: int = defaults["k"],
-        epochs: int = defaults["epochs"],
-        trials: int = defaults["trials"],
-        seed: int = defaults["seed"],
-        weights: str = defaults["weights"],
-        overrides: str = defaults["overrides"],
-    ) -> Outputs:
-        conf = task(
-            "configure",
-            profile=profile,
-            overrides=overrides,
-            source=source,
-            backbones=backbones,
-            k=k,
-            epochs=epochs,
-            trials=trials,
-            seed=seed,
-            weights=weights,
-        )
-        common = {"profile": profile, "overrides": conf.output}
-        ing = task("ingest", **common)
-        aug = task("balance-and-augment", dataset=ing.outputs["dataset"], **common)
+    def hemaflow(config: str = defaults["config"]) -> Outputs:
+        conf = task("configure", config=config)
+        checked = conf.outputs["config"]
+        ing = task("ingest", config=checked)
+        aug = task("balance-and-augment", dataset=ing.outputs["dataset"], config=checked)
         data = aug.outputs["tfrecords"]
-        models = select_and_train(data=data, backbones=backbones, k=k, **common)
-        ev = task("evaluate", model=models.output, data=data, **common)
+        models = select_and_train(data=data, backbones=conf.outputs["backbones"], config=checked)
+        ev = task("evaluate", model=models.output, data=data, config=checked)
         return Outputs(
             model=models.output,
             metrics=ev.outputs["metrics"],
@@ -117,17 +95,5 @@ def build_pipeline(config: Config, target: Target = "kubeflow") -> Any:
 
 
 def parameters(config: Config) -> dict[str, Any]:
-    """The pipeline parameters that reproduce ``config`` (what submit sends)."""
-    from hemaflow.pipeline import steps
-
-    return {
-        "source": config.data.source,
-        "profile": config.profile,
-        "backbones": list(config.model.backbones),
-        "k": config.compare.top_k,
-        "epochs": config.train.epochs,
-        "trials": config.tune.max_trials,
-        "seed": config.seed,
-        "weights": config.model.weights,
-        "overrides": json.dumps(steps.config_overrides(config), sort_keys=True),
-    }
+    """The pipeline parameters that reproduce ``config`` (what run, submit and schedule send)."""
+    return {"config": config.to_json()}

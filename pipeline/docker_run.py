@@ -6,7 +6,8 @@ final folder and renames it into place, which needs both on one mount). The cont
 the calling user, so outputs belong to them. gs:// paths pass through unchanged; Google
 credentials reach the container the way they reach a pod: a key file named by
 GOOGLE_APPLICATION_CREDENTIALS or gcloud's application-default login, mounted read-only, or
-the emulator named by STORAGE_EMULATOR_HOST. Their content is never logged.
+the emulator named by STORAGE_EMULATOR_HOST. Their content is never logged. Folders of site
+profiles (HEMAFLOW_PROFILES) are mounted read-only, so ``--profile`` means the same inside.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from hemaflow.config import PROFILES_ENV
 
 OUTPUT_OPTIONS = frozenset({"--out", "-o", "--out-dir", "--output", "--output-dir"})
 PASS_ENV = ("GOOGLE_CLOUD_PROJECT", "STORAGE_EMULATOR_HOST", "HEMAFLOW_PBC128")
@@ -73,6 +76,7 @@ def plan_container(
         spec.user = f"{os.getuid()}:{os.getgid()}"
     spec.environment = {k: env[k] for k in PASS_ENV if env.get(k)}
     _add_credentials(spec, env)
+    _add_site_profiles(spec, env)
     emulator = env.get("STORAGE_EMULATOR_HOST", "")
     host = urlparse(emulator if "://" in emulator else f"http://{emulator}").hostname
     if host in ("localhost", "127.0.0.1", "::1"):
@@ -82,7 +86,7 @@ def plan_container(
 
 def _map_path(value: str, option: str, volumes: dict[str, dict[str, str]]) -> str:
     """The container-side spelling of one argument value, mounting it if it is a local path."""
-    if value.startswith("gs://") or "://" in value:
+    if value == "-" or "://" in value:  # standard input/output, or a URI
         return value
     if option == "--set":
         key, eq, inner = value.partition("=")
@@ -114,6 +118,17 @@ def _add_credentials(spec: ContainerSpec, env: dict[str, str]) -> None:
     if adc.is_file():
         target = f"{CONTAINER_HOME}/.config/gcloud/{adc.name}"
         spec.volumes[str(adc.resolve())] = {"bind": target, "mode": "ro"}
+
+
+def _add_site_profiles(spec: ContainerSpec, env: dict[str, str]) -> None:
+    named = [
+        Path(p).expanduser().resolve() for p in env.get(PROFILES_ENV, "").split(os.pathsep) if p
+    ]
+    found = [folder for folder in named if folder.is_dir()]
+    for folder in found:
+        _mount(spec.volumes, folder, "ro")
+    if found:
+        spec.environment[PROFILES_ENV] = os.pathsep.join(map(str, found))
 
 
 def run_stage(

@@ -8,12 +8,14 @@ resource name (``nvidia.com/gpu``) plus a node selector choosing the GPU model.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from hemaflow.config import Config, TaskResources
+from hemaflow.errors import HemaflowError
 
+#: The backends a pipeline is compiled for and submitted to.
 Target = Literal["kubeflow", "vertex"]
-TARGETS: tuple[str, ...] = ("kubeflow", "vertex")
+TARGETS: tuple[str, ...] = get_args(Target)
 
 #: Which resources section each task of the DAG draws from.
 TASK_SECTION: dict[str, str] = {
@@ -52,7 +54,7 @@ def accelerator_name(accelerator_type: str, target: Target) -> str:
 def apply(task: Any, res: TaskResources, target: Target, caching: bool) -> Any:
     """Set requests/limits, accelerator, node pool, retries and caching on a KFP task."""
     if target not in TARGETS:
-        raise ValueError(f"target: {target!r} is not one of {', '.join(TARGETS)}")
+        raise HemaflowError(f"target: {target!r} is not one of {', '.join(TARGETS)}")
     task.set_cpu_request(res.cpu).set_memory_request(res.memory)
     task.set_cpu_limit(res.cpu_limit or res.cpu)
     task.set_memory_limit(res.memory_limit or res.memory)

@@ -3,9 +3,10 @@
 ``subprocess`` runs every task with ``kfp.local.SubprocessRunner(use_venv=False)`` in the
 current Python environment (where hemaflow is installed); ``docker`` runs each task in the
 project image with ``kfp.local.DockerRunner``, a local data folder bind-mounted read-only at
-the same path. KFP keeps its own pipeline root; with ``out`` the exported ensemble, its
-metrics and the HTML report are also copied to ``out/model``, ``out/metrics.json`` and
-``out/report.html``.
+the same path. The run gets the resolved config as its one parameter, as a submitted run
+does (:func:`hemaflow.pipeline.dag.parameters`). KFP keeps its own pipeline root; with
+``out`` the exported ensemble, its metrics and the HTML report are also copied to
+``out/model``, ``out/metrics.json`` and ``out/report.html``.
 """
 
 from __future__ import annotations
@@ -17,13 +18,19 @@ import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from hemaflow import storage
 from hemaflow.config import Config
+from hemaflow.errors import HemaflowError
+
+
+class RunError(HemaflowError, RuntimeError):
+    """The local run cannot start: unknown runner, image missing, Docker not reachable."""
+
 
 Runner = Literal["subprocess", "docker"]
-RUNNERS: tuple[str, ...] = ("subprocess", "docker")
+RUNNERS: tuple[str, ...] = get_args(Runner)
 
 
 @dataclass
@@ -62,18 +69,18 @@ def make_runner(kind: Runner, config: Config) -> Any:
     if kind == "subprocess":
         return local.SubprocessRunner(use_venv=False)
     if kind != "docker":
-        raise ValueError(f"runner: {kind!r} is not one of {', '.join(RUNNERS)}")
+        raise RunError(f"runner: {kind!r} is not one of {', '.join(RUNNERS)}")
     import docker
 
     try:
         docker.from_env().images.get(config.pipeline.image)
     except docker.errors.ImageNotFound as exc:
-        raise RuntimeError(
+        raise RunError(
             f"image {config.pipeline.image!r} not found locally; build it "
             "(docker/README) or set --set pipeline.image=NAME"
         ) from exc
     except docker.errors.DockerException as exc:
-        raise RuntimeError(f"Docker engine not reachable ({exc}); is dockerd running?") from exc
+        raise RunError(f"Docker engine not reachable ({exc}); is dockerd running?") from exc
     mounts = []
     path = local_source(config.data.source)
     if path is not None:
@@ -97,7 +104,7 @@ def run_local(
     from kfp import local
 
     config = resolve_source(config)
-    steps.validate_request(config, list(config.model.backbones), config.compare.top_k)
+    steps.validate_request(config)
     out_path = Path(out).expanduser().resolve() if out else None
     root = Path(pipeline_root or (out_path / "kfp" if out_path else Path.cwd() / "hemaflow-runs"))
     root = root.expanduser().resolve()

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from hemaflow.pipeline.resources import Target
 from hemaflow.pipeline.submit import kfp_client, kubeflow_errors, vertex_errors
 
 from hemaflow.config import Config
@@ -236,7 +237,7 @@ def delete_vertex(schedule_id: str, project: str, region: str, credentials: Any 
 
 def create(
     config: Config,
-    backend: str,
+    backend: Target,
     cron: str,
     name: str,
     package: str | None = None,
@@ -254,11 +255,10 @@ def create(
     check_request(config, backend, options.get("pipeline_root"))
     parameters = dag.parameters(config)
     with tempfile.TemporaryDirectory(prefix="hemaflow-schedule-") as tmp:
+        path = prepare_package(config, backend, package, Path(tmp))
         if backend == "vertex":
-            path = prepare_package(config, "vertex", package, Path(tmp))
             root = options.pop("pipeline_root", None) or config.pipeline.pipeline_root
             return create_vertex(
                 str(path), parameters, cron, name, pipeline_root=root, caching=caching, **options
             )
-        path = prepare_package(config, "kubeflow", package, Path(tmp))
         return create_kubeflow(str(path), parameters, cron, name, caching=caching, **options)

@@ -1,10 +1,11 @@
 """What every pipeline task does around its stage function: config, artifact paths, outputs.
 
-The KFP component wrappers in :mod:`pipeline.components` are one call into this module, so
-the glue between KFP artifacts and the plain stage functions of :mod:`components` is written
-once, is importable without KFP and is tested like any other code. Nothing here does a
-stage's work. Artifacts are passed duck-typed (anything with ``uri``, ``path`` and
-``metadata``), which is what ``kfp.dsl`` artifacts are inside a running task.
+The KFP component wrappers in :mod:`hemaflow.pipeline.tasks` are one call into this module,
+so the glue between KFP artifacts and the stages' ``run`` functions is written once, is
+importable without KFP and is tested like any other code. Nothing here does a stage's work.
+A task's config is the JSON the pipeline hands it (:func:`load`), never a profile file.
+Artifacts are passed duck-typed (anything with ``uri``, ``path`` and ``metadata``), which is
+what ``kfp.dsl`` artifacts are inside a running task.
 """
 
 from __future__ import annotations
@@ -25,44 +26,9 @@ class ArtifactLike(Protocol):
     metadata: dict[str, Any]
 
 
-#: Pipeline parameters and the config keys they override (None: leave the profile's value).
-PARAMETER_KEYS: dict[str, str] = {
-    "source": "data.source",
-    "backbones": "model.backbones",
-    "k": "compare.top_k",
-    "epochs": "train.epochs",
-    "trials": "tune.max_trials",
-    "seed": "seed",
-    "weights": "model.weights",
-}
-
-
-def merge_overrides(overrides: str | dict[str, Any] | None, **parameters: Any) -> dict[str, Any]:
-    """Pipeline parameters layered over a JSON overrides mapping (dotted keys).
-
-    A parameter left at None, or ``epochs``/``trials`` at 0, keeps the profile's value.
-    """
-    if isinstance(overrides, str):
-        try:
-            base = json.loads(overrides or "{}")
-        except json.JSONDecodeError as exc:
-            raise cfg.ConfigError(f"overrides: not valid JSON: {exc}") from exc
-    else:
-        base = dict(overrides or {})
-    if not isinstance(base, dict):
-        raise cfg.ConfigError("overrides: must be a JSON object of config keys to values")
-    merged = dict(base)
-    for name, value in parameters.items():
-        if name not in PARAMETER_KEYS:
-            raise cfg.ConfigError(f"{name}: not a pipeline parameter ({', '.join(PARAMETER_KEYS)})")
-        if value is None or (name in ("epochs", "trials") and value == 0):
-            continue
-        merged[PARAMETER_KEYS[name]] = list(value) if name == "backbones" else value
-    return merged
-
-
-def validate_request(config: cfg.Config, backbones: list[str], k: int) -> None:
+def validate_request(config: cfg.Config) -> None:
     """Refuse what would only fail later in the run: unknown backbones, k out of range."""
+    backbones, k = list(config.model.backbones), config.compare.top_k
     if not backbones:
         raise cfg.ConfigError("backbones: name at least one candidate backbone")
     duplicates = sorted({b for b in backbones if backbones.count(b) > 1})
@@ -84,17 +50,19 @@ def validate_request(config: cfg.Config, backbones: list[str], k: int) -> None:
         )
 
 
-def configure(profile: str, overrides: str, **parameters: Any) -> str:
-    """The validated overrides every later task loads, as canonical JSON (fails fast)."""
-    merged = merge_overrides(overrides, **parameters)
-    config = cfg.load_config(profile=profile, overrides=merged)
-    validate_request(config, list(config.model.backbones), config.compare.top_k)
-    return json.dumps(merged, sort_keys=True)
+def configure(config: str) -> tuple[str, list[str]]:
+    """The run's config JSON validated up front (fails fast), canonical, and its backbones.
+
+    The backbones are returned apart because the DAG fans out over them.
+    """
+    resolved = load(config)
+    validate_request(resolved)
+    return resolved.to_json(), list(resolved.model.backbones)
 
 
-def load(profile: str, overrides: str) -> cfg.Config:
-    """The config of one task: its profile plus the JSON overrides from ``configure``."""
-    return cfg.load_config(profile=profile, overrides=merge_overrides(overrides))
+def load(config: str) -> cfg.Config:
+    """The config of one task, from the JSON it was handed; no profile file is read."""
+    return cfg.from_json(config, origin="config")
 
 
 def location(artifact: ArtifactLike) -> str:
@@ -157,48 +125,11 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def confusion_matrix(eval_dir: str, artifact: Any) -> bool:
-    """Fill a ClassificationMetrics artifact from the evaluation's ``metrics.json``.
-
-    Looks for a confusion matrix (rows = true class) under ``confusion_matrix`` or
-    ``test.confusion_matrix``; returns whether one was found.
-    """
+def confusion_matrix(eval_dir: str, artifact: Any) -> None:
+    """Fill a ClassificationMetrics artifact from the evaluation's ``metrics.json``
+    (top-level ``class_names`` and ``confusion_matrix``, rows = true class)."""
     metrics = json.loads(storage.read_text(storage.join(eval_dir, "metrics.json")))
-    matrix = metrics.get("confusion_matrix")
-    if matrix is None and isinstance(metrics.get("test"), dict):
-        matrix = metrics["test"].get("confusion_matrix")
-    names = metrics.get("class_names") or list(cfg.CLASS_NAMES)
-    if not matrix:
-        write_json(artifact, {})
-        return False
-    if len(matrix) != len(names) or any(len(row) != len(names) for row in matrix):
-        raise ValueError(
-            f"{eval_dir}/metrics.json: confusion_matrix is not {len(names)}x{len(names)}"
-        )
-    counts = [[int(v) for v in row] for row in matrix]
-    artifact.log_confusion_matrix(list(names), counts)
-    write_json(artifact, {"class_names": list(names), "confusion_matrix": counts})
-    return True
-
-
-def headline(metrics: dict[str, Any]) -> dict[str, float]:
-    """The headline numbers of an evaluation (the top-level scalars of its metrics.json)."""
-    return scalar_metrics(metrics)
-
-
-def config_overrides(config: cfg.Config) -> dict[str, Any]:
-    """The dotted keys where ``config`` differs from its own profile, so that profile +
-    overrides rebuilds it inside every task (covers --config files and --set alike)."""
-    base = cfg.load_config(profile=config.profile).to_dict()
-    return dict(sorted(_diff(base, config.to_dict(), "").items()))
-
-
-def _diff(base: dict[str, Any], new: dict[str, Any], prefix: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in new.items():
-        old = base.get(key)
-        if isinstance(value, dict) and isinstance(old, dict) and value and old:
-            out.update(_diff(old, value, f"{prefix}{key}."))
-        elif value != old:
-            out[f"{prefix}{key}"] = value
-    return out
+    names = list(metrics["class_names"])
+    counts = [[int(v) for v in row] for row in metrics["confusion_matrix"]]
+    artifact.log_confusion_matrix(names, counts)
+    write_json(artifact, {"class_names": names, "confusion_matrix": counts})

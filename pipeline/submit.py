@@ -16,16 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hemaflow.pipeline.resources import Target
+from hemaflow.pipeline.resources import TARGETS, Target
 
 from hemaflow.config import Config
 from hemaflow.errors import HemaflowError
 
-BACKENDS: tuple[str, ...] = ("kubeflow", "vertex")
-
 
 class SubmitError(HemaflowError, RuntimeError):
     """The backend could not be reached or refused the request."""
+
+
+class RequestError(HemaflowError, ValueError):
+    """A request that could only fail remotely: wrong backend, options or pipeline root."""
 
 
 @dataclass(frozen=True)
@@ -35,18 +37,18 @@ class Submission:
     url: str
 
 
-def check_request(config: Config, backend: str, pipeline_root: str | None) -> None:
+def check_request(config: Config, backend: Target, pipeline_root: str | None) -> None:
     """Refuse a submission that could only fail remotely (bad backbones, k, pipeline root)."""
     from hemaflow.pipeline import steps
 
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}")
-    steps.validate_request(config, list(config.model.backbones), config.compare.top_k)
+    if backend not in TARGETS:
+        raise RequestError(f"backend: {backend!r} is not one of {', '.join(TARGETS)}")
+    steps.validate_request(config)
     root = pipeline_root or config.pipeline.pipeline_root
     if backend == "vertex" and not (root or "").startswith("gs://"):
-        raise ValueError(f"pipeline root: Vertex AI needs a gs:// pipeline root, got {root!r}")
+        raise RequestError(f"pipeline root: Vertex AI needs a gs:// pipeline root, got {root!r}")
     if root and not root.startswith(("gs://", "minio://", "s3://")):
-        raise ValueError(f"pipeline root: {root!r} is not a gs://, s3:// or minio:// URI")
+        raise RequestError(f"pipeline root: {root!r} is not a gs://, s3:// or minio:// URI")
 
 
 def prepare_package(config: Config, target: Target, package: str | None, workdir: Path) -> Path:
@@ -137,7 +139,7 @@ def vertex_job(
     try:
         from google.cloud import aiplatform
     except ImportError as exc:  # pragma: no cover - depends on the optional extra
-        raise RuntimeError(
+        raise SubmitError(
             "Vertex AI needs google-cloud-aiplatform: pip install 'hemaflow[vertex]'"
         ) from exc
     return aiplatform.PipelineJob(
@@ -198,7 +200,7 @@ def vertex_errors(where: str) -> Iterator[None]:
 
 def submit(
     config: Config,
-    backend: str,
+    backend: Target,
     package: str | None = None,
     caching: bool = True,
     **options: Any,
@@ -208,9 +210,8 @@ def submit(
 
     check_request(config, backend, options.get("pipeline_root"))
     parameters = dag.parameters(config)
-    target: Target = "vertex" if backend == "vertex" else "kubeflow"
     with tempfile.TemporaryDirectory(prefix="hemaflow-submit-") as tmp:
-        path = prepare_package(config, target, package, Path(tmp))
+        path = prepare_package(config, backend, package, Path(tmp))
         if backend == "vertex":
             return submit_vertex(
                 path,

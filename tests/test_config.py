@@ -1,3 +1,5 @@
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,42 @@ def test_overriding_one_nested_key_keeps_its_siblings():
     assert changed.augment.policy.blur.p == 0.9
     assert changed.augment.policy.blur.strength == base.augment.policy.blur.strength
     assert changed.augment.bmk_policy == base.augment.bmk_policy
+
+
+@pytest.mark.parametrize("profile", cfg.available_profiles())
+def test_json_round_trip_is_the_same_config(profile):
+    config = cfg.load_config(profile, overrides={"augment.balance_to": 50, "train.epochs": 2})
+    assert cfg.from_json(config.to_json()) == config
+    assert cfg.from_json(config.to_json()).to_json() == config.to_json()
+
+
+def test_from_json_validates_again_and_names_the_origin():
+    with pytest.raises(cfg.ConfigError, match=r"^config: not valid JSON"):
+        cfg.from_json("{train: 1")
+    with pytest.raises(cfg.ConfigError, match=r"^config: must be a JSON object"):
+        cfg.from_json("[1, 2]")
+    edited = cfg.load_config().to_dict()
+    edited["train"]["epochs"] = 0
+    with pytest.raises(cfg.ConfigError, match=r"train.epochs: must be at least 1"):
+        cfg.from_json(json.dumps(edited))
+    edited["train"]["epochz"] = 3
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.from_json(json.dumps(edited), origin="run parameter config")
+    assert str(err.value).startswith("run parameter config: invalid configuration")
+    assert "train.epochz: unknown key" in str(err.value)
+
+
+def test_site_profiles_come_first(tmp_path: Path, monkeypatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "quickstart.yaml").write_text("seed: 7\ntrain: {epochs: 1}\n")
+    (site / "lab.yaml").write_text("model: {backbones: [small_cnn]}\n")
+    monkeypatch.setenv(cfg.PROFILES_ENV, f"{tmp_path / 'missing'}{os.pathsep}{site}")
+    assert {"lab", "quickstart", "cpu", "gpu"} <= set(cfg.available_profiles())
+    assert cfg.load_config("quickstart").seed == 7
+    assert cfg.load_config("lab").model.backbones == ["small_cnn"]
+    assert cfg.load_config("lab").profile == "lab"
+    monkeypatch.delenv(cfg.PROFILES_ENV)
+    assert cfg.load_config("quickstart").seed != 7
+    with pytest.raises(cfg.ConfigError, match="unknown profile 'lab'"):
+        cfg.load_config("lab")

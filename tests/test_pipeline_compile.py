@@ -10,7 +10,7 @@ import pytest
 from hemaflow.pipeline import compiler
 from hemaflow.pipeline.cli import main
 
-from hemaflow.config import available_profiles, load_config
+from hemaflow.config import available_profiles, from_json, load_config
 
 STAGES = {
     "configure",
@@ -64,22 +64,15 @@ def test_every_profile_compiles_with_every_stage(compiled, profile):
         ir = compiled[profile, target]
         assert set(executors(ir)) == STAGES, profile
         params = ir["root"]["inputDefinitions"]["parameters"]
-        assert {
-            "source",
-            "profile",
-            "backbones",
-            "k",
-            "epochs",
-            "trials",
-            "seed",
-            "weights",
-        } <= set(params)
+        assert set(params) == {"config"}
         config = load_config(profile)
-        assert params["profile"]["defaultValue"] == profile
-        assert params["backbones"]["defaultValue"] == list(config.model.backbones)
-        assert params["k"]["defaultValue"] == config.compare.top_k
-        assert params["epochs"]["defaultValue"] == config.train.epochs
-        assert params["trials"]["defaultValue"] == config.tune.max_trials
+        carried = from_json(params["config"]["defaultValue"])
+        assert carried == config
+        assert carried.profile == profile
+        assert carried.model.backbones == list(config.model.backbones)
+        assert carried.compare.top_k == config.compare.top_k
+        assert carried.train.epochs == config.train.epochs
+        assert carried.tune.max_trials == config.tune.max_trials
         assert set(ir["root"]["outputDefinitions"]["artifacts"]) == {
             "model",
             "metrics",
@@ -168,12 +161,10 @@ def test_caching_off_and_overrides_are_carried(tmp_path):
     tasks = all_tasks(ir)
     assert set(tasks) >= STAGES
     assert not any(tasks[n]["cachingOptions"].get("enableCache") for n in STAGES)
-    params = ir["root"]["inputDefinitions"]["parameters"]
-    assert params["epochs"]["defaultValue"] == 5
-    assert json.loads(params["overrides"]["defaultValue"]) == {
-        "pipeline.caching": False,
-        "train.epochs": 5,
-    }
+    carried = from_json(ir["root"]["inputDefinitions"]["parameters"]["config"]["defaultValue"])
+    assert carried.train.epochs == 5
+    assert carried == config
+    assert not carried.pipeline.caching
 
 
 def test_compile_is_deterministic(compiled, tmp_path):
@@ -186,15 +177,15 @@ def test_compile_is_deterministic(compiled, tmp_path):
 @pytest.mark.parametrize(("profile", "target"), compiler.GOLDEN)
 def test_golden_structure(compiled, profile, target):
     """The compiled structure matches pipeline/golden; regenerate with
-    ``python -m pipeline.compiler --golden`` (or HEMAFLOW_UPDATE_GOLDEN=1) after a wanted change."""
+    ``python -m hemaflow.pipeline.compiler --golden`` (or HEMAFLOW_UPDATE_GOLDEN=1) after a wanted change."""
     path = compiler.golden_path(profile, target)
     text = compiler.golden_text(compiled[profile, target], profile, target)
     if os.environ.get("HEMAFLOW_UPDATE_GOLDEN"):
         path.write_text(text)
-    assert path.is_file(), f"{path} missing: python -m pipeline.compiler --golden"
+    assert path.is_file(), f"{path} missing: python -m hemaflow.pipeline.compiler --golden"
     assert text == path.read_text(), (
         f"compiled structure of {profile}/{target} drifted from {path}; if intended, "
-        "regenerate with: python -m pipeline.compiler --golden"
+        "regenerate with: python -m hemaflow.pipeline.compiler --golden"
     )
 
 

@@ -19,7 +19,7 @@ from hemaflow.pipeline import compiler, dag, schedule
 from hemaflow.pipeline.cli import main
 from hemaflow.pipeline.submit import SubmitError, submit
 
-from hemaflow.config import ConfigError, load_config
+from hemaflow.config import ConfigError, from_json, load_config
 
 QUICK = {"pipeline.pipeline_root": "gs://bucket/root"}
 
@@ -124,9 +124,11 @@ def test_kubeflow_run_request_carries_spec_and_parameters(kfp_server, package):
     for key in ("pipelineInfo", "deploymentSpec", "components", "schemaVersion"):
         assert body["pipeline_spec"][key] == compiled[key], key
     params = body["runtime_config"]["parameters"]
-    assert params["epochs"] == 3 and params["seed"] == 7
-    assert params["backbones"] == list(config.model.backbones)
-    assert json.loads(params["overrides"]) == {"seed": 7, "train.epochs": 3}
+    assert set(params) == {"config"}
+    carried = from_json(params["config"])
+    assert carried.train.epochs == 3 and carried.seed == 7
+    assert carried.model.backbones == list(config.model.backbones)
+    assert carried == config
     assert body["runtime_config"]["pipeline_root"] == "gs://bucket/root"
     # caching off for this run: every task of the submitted spec says so
     tasks = body["pipeline_spec"]["root"]["dag"]["tasks"]
@@ -153,11 +155,35 @@ def test_kubeflow_submit_from_python_definition_via_cli(kfp_server, capsys):
     out = capsys.readouterr().out
     assert "run-123" in out and "/#/runs/details/run-123" in out
     (run,) = kfp_server.posts("/apis/v2beta1/runs")
-    params = run["body"]["runtime_config"]["parameters"]
-    assert params["k"] == 1 and params["source"] == "bloodmnist:64"
+    carried = from_json(run["body"]["runtime_config"]["parameters"]["config"])
+    assert carried.compare.top_k == 1 and carried.data.source == "bloodmnist:64"
     # caching not turned off for this run: the compiled per-task setting stands
     tasks = run["body"]["pipeline_spec"]["root"]["dag"]["tasks"]
     assert tasks["ingest"]["cachingOptions"] == {"enableCache": True}
+
+
+def test_a_package_alone_is_sent_with_its_compiled_config(kfp_server, tmp_path):
+    compiled = load_config("cpu", overrides={"seed": 5, "train.epochs": 2})
+    package = compiler.compile_pipeline(compiled, tmp_path / "cpu.yaml")
+    assert compiler.compiled_config(package) == compiled
+    assert main(["submit", "--host", kfp_server.host, "--package", str(package)]) == 0
+    assert main(["submit", "--host", kfp_server.host, "--package", str(package),
+                 "--set", "seed=6"])  == 0  # fmt: skip
+    first, second = (
+        from_json(r["body"]["runtime_config"]["parameters"]["config"])
+        for r in kfp_server.posts("/apis/v2beta1/runs")
+    )
+    assert first == compiled
+    assert second == load_config("quickstart", overrides={"seed": 6})
+
+
+def test_a_package_without_a_config_parameter_is_refused(package, tmp_path, capsys):
+    ir = yaml.safe_load(package.read_text())
+    del ir["root"]["inputDefinitions"]
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml.safe_dump(ir))
+    assert main(["submit", "--host", "http://127.0.0.1:9", "--package", str(old)]) == 1
+    assert f"{old}: no config parameter; recompile it" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("status", [403, 500])
@@ -284,8 +310,9 @@ def test_vertex_job_request_carries_spec_and_parameters(vertex, vertex_package):
     rc = job.runtime_config
     assert rc.gcs_output_directory == "gs://bucket/root"
     values = type(rc).to_dict(rc)["parameter_values"]
-    assert values["trials"] == 5
-    assert values["backbones"] == list(config.model.backbones)
+    carried = from_json(values["config"])
+    assert carried.tune.max_trials == 5
+    assert carried.model.backbones == list(config.model.backbones)
     assert values == json.loads(json.dumps(dag.parameters(config)))
     assert vertex["buckets"] == ["gs://bucket/root"]
     assert result.id.endswith("/pipelineJobs/hemaflow-r1")
@@ -338,7 +365,7 @@ def test_kubeflow_schedule_create_list_delete(kfp_server, package, capsys):
     body = rr["body"]
     assert body["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * MON"
     assert body["display_name"] == "nightly"
-    assert body["runtime_config"]["parameters"]["profile"] == "quickstart"
+    assert from_json(body["runtime_config"]["parameters"]["config"]).profile == "quickstart"
     assert body["pipeline_spec"]["pipelineInfo"]["name"] == "hemaflow"
     assert main(["schedule", "list", "--host", kfp_server.host]) == 0
     assert "rr-1\tnightly\t0 0 3 * * 1" in capsys.readouterr().out
@@ -392,29 +419,27 @@ def test_malformed_cron_is_refused_before_submission(kfp_server, package, capsys
     assert kfp_server.requests == []
 
 
-def test_merge_and_validate_parameters():
+def test_configure_validates_and_hands_on_the_whole_config():
     from hemaflow.pipeline import steps
 
-    merged = steps.merge_overrides('{"train.epochs": 9}', epochs=0, trials=3, seed=None)
-    assert merged == {"train.epochs": 9, "tune.max_trials": 3}
-    with pytest.raises(ConfigError, match="overrides: not valid JSON"):
-        steps.merge_overrides("{oops")
+    with pytest.raises(ConfigError, match="config: not valid JSON"):
+        steps.configure("{oops")
     with pytest.raises(ConfigError, match="listed more than once"):
-        steps.validate_request(load_config(), ["small_cnn", "small_cnn"], 1)
-    overrides = json.loads(steps.configure("quickstart", "{}", k=1, epochs=3, backbones=None))
-    assert overrides == {"compare.top_k": 1, "train.epochs": 3}
+        steps.validate_request(load_config(overrides={"model.backbones": ["small_cnn"] * 2}))
+    config = load_config(overrides={"compare.top_k": 1, "train.epochs": 3})
+    checked, backbones = steps.configure(config.to_json())
+    assert from_json(checked) == config
+    assert checked == config.to_json()
+    assert backbones == list(config.model.backbones)
 
 
-def test_config_overrides_rebuild_the_config(tmp_path):
+def test_config_json_rebuilds_the_config(tmp_path):
     from hemaflow.pipeline import steps
 
     user = tmp_path / "mine.yaml"
     user.write_text("profile: cpu\ntrain: {epochs: 3}\nmodel: {head: {dense: [32, 16]}}\n")
     config = load_config(path=user, overrides={"evaluate.max_images": 100})
-    diff = steps.config_overrides(config)
-    assert diff == {
-        "evaluate.max_images": 100,
-        "model.head.dense": [32, 16],
-        "train.epochs": 3,
-    }
-    assert steps.load("cpu", json.dumps(diff)) == config
+    assert dag.parameters(config) == {"config": config.to_json()}
+    rebuilt = steps.load(dag.parameters(config)["config"])
+    assert rebuilt == config
+    assert rebuilt.model.head.dense == [32, 16] and rebuilt.evaluate.max_images == 100

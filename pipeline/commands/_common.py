@@ -13,7 +13,8 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--profile",
         choices=cfg.available_profiles(),
-        help="configuration profile to start from (default: the config file's, else quickstart)",
+        help="configuration profile to start from, built in or in a folder named by "
+        f"${cfg.PROFILES_ENV} (default: the config file's, else quickstart)",
     )
     group.add_argument("--config", metavar="FILE", help="YAML file overriding the profile")
     group.add_argument(

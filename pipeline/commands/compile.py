@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 from hemaflow.pipeline.commands._common import add_config_options, config_from_args
-
-TARGETS = ("kubeflow", "vertex")
+from hemaflow.pipeline.resources import TARGETS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 from hemaflow.pipeline.commands._common import add_config_options, config_from_args
-
-RUNNERS = ("subprocess", "docker")
+from hemaflow.pipeline.runners import RUNNERS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

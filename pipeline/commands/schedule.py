@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from hemaflow.pipeline.commands._backend import add_backend_options, connection, run_options
-from hemaflow.pipeline.commands._common import add_config_options, config_from_args
+from hemaflow.pipeline.commands._backend import (
+    add_backend_options,
+    connection,
+    run_config,
+    run_options,
+)
+from hemaflow.pipeline.commands._common import add_config_options
+from hemaflow.pipeline.submit import RequestError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,8 +42,8 @@ def run_create(args: argparse.Namespace) -> int:
     from hemaflow.pipeline import schedule
 
     if args.max_concurrency < 1:
-        raise ValueError("--max-concurrency: must be at least 1")
-    config = config_from_args(args, **{"data.source": args.data})
+        raise RequestError("--max-concurrency: must be at least 1")
+    config = run_config(args)
     made = schedule.create(
         config,
         args.backend,

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from hemaflow.pipeline.commands._backend import add_backend_options, run_options
-from hemaflow.pipeline.commands._common import add_config_options, config_from_args
+from hemaflow.pipeline.commands._backend import add_backend_options, run_config, run_options
+from hemaflow.pipeline.commands._common import add_config_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "submit",
         help="submit a run to Kubeflow Pipelines or Vertex AI",
-        description="Submit the pipeline (compiled file or compiled now from the profile) "
-        "with the profile's parameters; prints the run's id and URL. Backbones, k and the "
+        description="Submit the pipeline (compiled file or compiled now) with the resolved "
+        "config as its one parameter; prints the run's id and URL. Backbones, k and the "
         "pipeline root are checked before anything is sent.",
     )
     add_config_options(parser)
@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from hemaflow.pipeline.submit import submit
 
-    config = config_from_args(args, **{"data.source": args.data})
+    config = run_config(args)
     options = run_options(args)
     options["run_name"] = args.run_name
     result = submit(

@@ -1,17 +1,19 @@
-"""The KFP components: one thin wrapper per stage around the installed stage function.
+"""The KFP components: one thin wrapper per stage around the installed stage's ``run``.
 
-Every wrapper is a lightweight Python component whose body loads the config (profile + JSON
-overrides) and calls one function of :mod:`components` through :mod:`pipeline.steps`. The
-same definition runs under ``kfp.local.SubprocessRunner(use_venv=False)`` (the current
-environment, where hemaflow is installed), under ``kfp.local.DockerRunner`` and on a cluster
-in the project image: :func:`make_components` gives all of them one image and installs
-nothing at run time. Resources, retries and caching are set per task by
-:mod:`pipeline.resources`.
+Every wrapper is a lightweight Python component that takes the run's whole config as one JSON
+string, rebuilds the :class:`~hemaflow.config.Config` from it (no profile file is read inside
+a task) and calls the ``run`` of one module of :mod:`hemaflow.components` through
+:mod:`hemaflow.pipeline.steps`. The same definition runs under
+``kfp.local.SubprocessRunner(use_venv=False)`` (the current environment, where hemaflow is
+installed), under ``kfp.local.DockerRunner`` and on a cluster in the project image:
+:func:`make_components` gives all of them one image and installs nothing at run time. Stage
+modules are imported inside the wrappers, so compiling never imports them. Resources,
+retries and caching are set per task by :mod:`hemaflow.pipeline.resources`.
 
 This module has no ``from __future__ import annotations``: KFP reads the annotations.
 """
 
-from typing import List  # noqa: UP035 - KFP's type parser knows typing.List
+from typing import List, NamedTuple  # noqa: UP035 - KFP's type parser knows typing.List
 
 from kfp import dsl
 from kfp.dsl import (
@@ -28,69 +30,45 @@ from kfp.dsl import (
 
 
 def configure(
-    profile: str,
-    overrides: str,
-    source: str,
-    backbones: List[str],  # noqa: UP006
-    k: int,
-    epochs: int,
-    trials: int,
-    seed: int,
-    weights: str,
-) -> str:
-    """Merge the run's parameters into the config overrides and validate them up front."""
+    config: str,
+) -> NamedTuple("Outputs", [("config", str), ("backbones", List[str])]):  # noqa: UP006
+    """Validate the run's config before any data is read; hand on its canonical JSON and the
+    backbones the DAG fans out over."""
     from hemaflow.pipeline import steps
 
-    return steps.configure(
-        profile,
-        overrides,
-        source=source,
-        backbones=backbones,
-        k=k,
-        epochs=epochs,
-        trials=trials,
-        seed=seed,
-        weights=weights,
-    )
+    return steps.configure(config)
 
 
 def ingest(
-    profile: str,
-    overrides: str,
+    config: str,
     dataset: Output[Dataset],
     report: Output[HTML],
     metrics: Output[Metrics],
 ):
     """Stage 1: read, validate, deduplicate and split the source into a Dataset."""
-    from hemaflow.components.ingest import ingest as run
-
-    # isort: split
+    from hemaflow.components import ingest as stage
     from hemaflow.pipeline import steps
 
-    config = steps.load(profile, overrides)
+    conf = steps.load(config)
     out = steps.location(dataset)
-    result = run(config.data.source, out, config)
+    result = stage.run(conf.data.source, out, conf)
     steps.copy_file(out, "report.html", report)
     steps.log_metrics(metrics, result)
 
 
 def balance_and_augment(
     dataset: Input[Dataset],
-    profile: str,
-    overrides: str,
+    config: str,
     tfrecords: Output[Dataset],
     report: Output[HTML],
     metrics: Output[Metrics],
 ):
     """Stage 2: balance classes with augmentation and write sharded TFRecords (+ Bmk)."""
-    from hemaflow.components.augment import balance_and_augment as run
-
-    # isort: split
+    from hemaflow.components import augment as stage
     from hemaflow.pipeline import steps
 
-    config = steps.load(profile, overrides)
     out = steps.location(tfrecords)
-    result = run(steps.location(dataset), out, config)
+    result = stage.run(steps.location(dataset), out, steps.load(config))
     steps.copy_file(out, "report.html", report)
     steps.log_metrics(metrics, result)
 
@@ -98,55 +76,44 @@ def balance_and_augment(
 def compare(
     data: Input[Dataset],
     backbone: str,
-    profile: str,
-    overrides: str,
+    config: str,
     result: Output[Artifact],
     metrics: Output[Metrics],
 ) -> dict:
     """Stage 3: a few epochs of one candidate backbone; its scores feed select-top-k."""
-    from hemaflow.components.compare import compare_backbone
-
-    # isort: split
+    from hemaflow.components import compare as stage
     from hemaflow.pipeline import steps
 
-    config = steps.load(profile, overrides)
-    scores = compare_backbone(steps.location(data), backbone, steps.location(result), config)
+    out = steps.location(result)
+    scores = stage.run(steps.location(data), backbone, out, steps.load(config))
     steps.log_metrics(metrics, scores)
     return steps.json_safe(scores)
 
 
 def select_top_k(
     results: List[dict],  # noqa: UP006
-    k: int,
-    profile: str,
-    overrides: str,
+    config: str,
 ) -> List[str]:  # noqa: UP006
-    """The k best candidates by the profile's criterion."""
-    from hemaflow.components.compare import select_top_k as pick
-
-    # isort: split
+    """The config's top k candidates by its criterion."""
+    from hemaflow.components import compare as stage
     from hemaflow.pipeline import steps
 
-    config = steps.load(profile, overrides)
-    return list(pick(list(results), k, config.compare.criterion))
+    conf = steps.load(config)
+    return list(stage.select_top_k(list(results), conf.compare.top_k, conf.compare.criterion))
 
 
 def tune(
     data: Input[Dataset],
     backbone: str,
-    profile: str,
-    overrides: str,
+    config: str,
     hparams: Output[Artifact],
     metrics: Output[Metrics],
 ):
-    """Stage 4: keras-tuner search for one backbone; best_hparams.json is the artifact."""
-    from hemaflow.components.tune import tune_backbone
-
-    # isort: split
+    """Stage 4: keras-tuner search for one backbone; its folder holds best_hparams.json."""
+    from hemaflow.components import tune as stage
     from hemaflow.pipeline import steps
 
-    config = steps.load(profile, overrides)
-    best = tune_backbone(steps.location(data), backbone, steps.location(hparams), config)
+    best = stage.run(steps.location(data), backbone, steps.location(hparams), steps.load(config))
     steps.log_metrics(metrics, best)
 
 
@@ -154,22 +121,21 @@ def train(
     data: Input[Dataset],
     hparams: Input[Artifact],
     backbone: str,
-    profile: str,
-    overrides: str,
+    config: str,
     model: Output[Model],
     metrics: Output[Metrics],
 ):
     """Stage 5: final training of one backbone with its tuned hyperparameters."""
-    from hemaflow.components.train import train_backbone
-
-    # isort: split
+    from hemaflow.components import train as stage
     from hemaflow.pipeline import steps
 
-    from hemaflow import storage
-
-    config = steps.load(profile, overrides)
-    best = storage.join(steps.location(hparams), "best_hparams.json")
-    result = train_backbone(steps.location(data), backbone, best, steps.location(model), config)
+    result = stage.run(
+        steps.location(data),
+        backbone,
+        steps.location(hparams),
+        steps.location(model),
+        steps.load(config),
+    )
     model.metadata["backbone"] = backbone
     steps.log_metrics(metrics, result)
 
@@ -177,20 +143,16 @@ def train(
 def ensemble(
     data: Input[Dataset],
     members: Input[List[Model]],  # noqa: UP006
-    profile: str,
-    overrides: str,
+    config: str,
     model: Output[Model],
     metrics: Output[Metrics],
 ):
     """Stage 6: combine the trained members into one calibrated model."""
-    from hemaflow.components.ensemble import build_ensemble
-
-    # isort: split
+    from hemaflow.components import ensemble as stage
     from hemaflow.pipeline import steps
 
-    config = steps.load(profile, overrides)
     member_dirs = [steps.location(m) for m in members]
-    result = build_ensemble(steps.location(data), member_dirs, steps.location(model), config)
+    result = stage.run(steps.location(data), member_dirs, steps.location(model), steps.load(config))
     model.metadata["members"] = len(member_dirs)
     steps.log_metrics(metrics, result)
 
@@ -198,8 +160,7 @@ def ensemble(
 def evaluate(
     model: Input[Model],
     data: Input[Dataset],
-    profile: str,
-    overrides: str,
+    config: str,
     evaluation: Output[Artifact],
     metrics: Output[Metrics],
     confusion: Output[ClassificationMetrics],
@@ -207,14 +168,11 @@ def evaluate(
     card: Output[Markdown],
 ):
     """Stage 7: clean, Bmk and corruption-suite metrics, report and model card."""
-    from hemaflow.components.evaluate import evaluate as run
-
-    # isort: split
+    from hemaflow.components import evaluate as stage
     from hemaflow.pipeline import steps
 
-    config = steps.load(profile, overrides)
     out = steps.location(evaluation)
-    result = run(steps.location(model), steps.location(data), out, config)
+    result = stage.run(steps.location(model), steps.location(data), out, steps.load(config))
     steps.log_metrics(metrics, result)
     steps.confusion_matrix(out, confusion)
     steps.copy_file(out, "report.html", report)
