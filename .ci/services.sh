@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Services the tests use, started for CI and stopped at exit: a Docker engine (Debian's
 # docker.io), a registry-free base image made with debootstrap, and the fake-gcs-server
-# emulator. Source it, then call hf_services_up; it installs an EXIT trap that stops what it
-# started (and only that). Each step prints how long it took.
+# emulator; Chromium, for the browser tests, is installed beside them. Source it, then call
+# hf_services_up; it installs an EXIT trap that stops what it started (and only that). Each
+# step prints how long it took.
 #
 #   . .ci/services.sh && hf_services_up
 #
@@ -28,10 +29,11 @@ hf_timed() {  # hf_timed NAME COMMAND...: run a step, report its duration
 
 hf_as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo -n "$@"; fi; }
 
-hf_install() {  # docker.io and debootstrap from Debian, only if missing
+hf_install() {  # docker.io, debootstrap and Chromium (browser tests) from Debian, if missing
   local missing=()
   command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
   command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   [ ${#missing[@]} -eq 0 ] && return 0
   hf_as_root apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive hf_as_root apt-get install -y -q --no-install-recommends \
@@ -115,7 +117,7 @@ hf_services_down() {  # stop what hf_services_up started, newest first, by proce
 hf_services_up() {
   mkdir -p "$HF_SERVICES_LOG"
   trap hf_services_down EXIT
-  hf_timed "install docker.io/debootstrap" hf_install || return 1
+  hf_timed "install docker.io/debootstrap/chromium" hf_install || return 1
   hf_timed "start dockerd" hf_start_dockerd || return 1
   hf_timed "base image $HF_BASE_IMAGE" hf_build_base_image || return 1
   hf_timed "start fake-gcs-server" hf_start_gcs || return 1
