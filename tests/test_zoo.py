@@ -137,3 +137,47 @@ def test_resnet_mini_stem_brings_every_size_to_the_same_grid(size, stride):
         assert backbone.count_params() - stem.count_params() == (
             zoo.resnet_mini(64).count_params() - 3 * 3 * 3 * 24
         )
+
+
+@pytest.mark.parametrize(
+    "policy, scaled",
+    [("float32", False), ("mixed_bfloat16", False), ("mixed_float16", True)],
+)
+def test_the_model_carries_its_policy_and_float16_scales_the_loss(policy, scaled):
+    import keras
+
+    from hemaflow.modeling import fitting
+
+    model = zoo.build_model("small_cnn", 8, 32, policy=policy)
+    fitting.compile_model(model, fitting.make_optimizer("adamw", 1e-3, "constant", 10))
+    assert model.dtype_policy.name == policy
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) is scaled
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+
+
+def test_float16_training_on_cpu_has_finite_falling_loss_and_live_gradients():
+    import keras
+    import tensorflow as tf
+
+    from hemaflow.modeling import fitting
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 64)
+    # Two classes a network tells apart at once: dark and bright images.
+    images = np.where(labels[:, None, None, None] == 1, 200, 40) + rng.integers(
+        0, 30, (64, 32, 32, 3)
+    )
+    images = images.astype(np.uint8)
+    targets = np.eye(2, dtype=np.float32)[labels]
+    model = zoo.build_model("small_cnn", 2, 32, policy="mixed_float16")
+    fitting.compile_model(model, fitting.make_optimizer("adam", 1e-3, "constant", 10))
+    history = model.fit(images, targets, batch_size=16, epochs=3, verbose=0)
+    losses = history.history["loss"]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+    first = next(w for w in model.trainable_weights if "kernel" in w.path)
+    with tf.GradientTape() as tape:
+        loss = keras.losses.categorical_crossentropy(targets[:16], model(images[:16]))
+        scaled = model.optimizer.scale_loss(tf.reduce_mean(loss))
+    grad = tape.gradient(scaled, first)
+    assert grad is not None and float(tf.reduce_max(tf.abs(grad))) > 0.0

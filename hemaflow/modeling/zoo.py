@@ -310,7 +310,9 @@ def build_model(
         outputs = layers.Dense(
             num_classes, activation="softmax", dtype="float32", name=OUTPUT_LAYER
         )(x)
-    return keras.Model(inputs, outputs, name=f"hemaflow_{backbone}")
+        # Built inside the scope, the model itself carries the policy: compile() wraps the
+        # optimizer in a LossScaleOptimizer only when the *model's* policy is mixed_float16.
+        return keras.Model(inputs, outputs, name=f"hemaflow_{backbone}")
 
 
 def backbone_of(model):
