@@ -230,7 +230,9 @@ def test_image_is_labelled_non_root_healthy_and_free_of_the_build_ca(engine, pro
     history = json.dumps(engine.api.history(project_image))
     assert "BEGIN CERTIFICATE" not in history and "build-ca.pem" not in history
     # KFP's launchers replace the command with `sh -c ...` running python3 with kfp:
-    code, out = _run(engine, project_image, ["sh", "-c", "python3 -c 'import kfp, pipeline.cli'"])
+    code, out = _run(
+        engine, project_image, ["sh", "-c", "python3 -c 'import kfp, hemaflow.pipeline.cli'"]
+    )
     assert code == 0, out
     code, out = _run(engine, project_image, ["--version"])
     assert (code, out.strip()) == (0, f"hemaflow {hemaflow.__version__}")
