@@ -334,3 +334,40 @@ def test_quickstart_pipeline_runs_with_the_docker_runner(project_image, tmp_path
         assert 0.0 <= metrics[key] <= 1.0, key
     assert read_model_manifest(str(out / "model"))["kind"] == "model"
     assert (out / "report.html").stat().st_size > 1000
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("HEMAFLOW_TEST_GPU_IMAGE") != "1",
+    reason="the GPU image is about 8 GB and downloads the CUDA wheels: "
+    "set HEMAFLOW_TEST_GPU_IMAGE=1 to build it",
+)
+def test_gpu_image_builds_and_runs_a_stage_on_cpu(engine, tmp_path):
+    """docker/Dockerfile.gpu: TensorFlow with its CUDA wheels imports, and a stage runs."""
+    image_id, tags = image.build_image(
+        gpu=True,
+        tag=f"{TEST_REPOSITORY}:ci-gpu",
+        base_image=BASE_IMAGE,
+        ca_cert=_proxy_ca(),
+        log=lambda line: None,
+        client=engine,
+    )
+    try:
+        probe = "import nvidia.cudnn, tensorflow as tf; print(tf.sysconfig.get_build_info()['cuda_version'])"
+        code, out = _run(engine, tags[0], ["python3", "-c", probe])
+        assert code == 0 and out.strip().splitlines()[-1].startswith("12."), out
+        code, out = _run(
+            engine,
+            tags[0],
+            [
+                "sh",
+                "-c",
+                "hemaflow ingest default --out /tmp/ds --set data.synthetic_per_class=6"
+                " && test -f /tmp/ds/_COMPLETE",
+            ],
+        )
+        assert code == 0, out
+    finally:
+        engine.images.remove(image_id, force=True)
+        engine.images.prune(filters={"dangling": True, "label": BUILDER_LABEL})
