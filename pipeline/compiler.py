@@ -49,9 +49,11 @@ def compile_pipeline(config: Config, out: str | Path, target: Target = "kubeflow
 
 def load_ir(path: str | Path) -> dict[str, Any]:
     """A compiled file as one mapping: the pipeline spec, plus ``platforms`` if present."""
-    text = Path(path).read_text()
-    docs = [d for d in yaml.safe_load_all(text) if d]
-    if not docs or "root" not in docs[0] or "deploymentSpec" not in docs[0]:
+    try:
+        docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise PackageError(f"{path}: not a compiled KFP pipeline ({exc})") from exc
+    if not docs or not isinstance(docs[0], dict) or not {"root", "deploymentSpec"} <= set(docs[0]):
         raise PackageError(f"{path}: not a compiled KFP pipeline (no root/deploymentSpec)")
     ir = dict(docs[0])
     for extra in docs[1:]:

@@ -88,6 +88,14 @@ def write_shards(examples: Iterable[bytes], out_dir: Path, split: str, shards: i
     return paths
 
 
+def mark_complete(folder: Path) -> Path:
+    """Give a hand-built artifact folder the marker ``storage.artifact_dir`` writes."""
+    from hemaflow.storage import COMPLETE_MARKER
+
+    (Path(folder) / COMPLETE_MARKER).write_text("")
+    return Path(folder)
+
+
 def write_dataset(folder: Path, splits: dict[str, tuple], size: int = SIZE) -> Path:
     """An ingest-style Dataset folder from ``{split: (images, labels, names)}``."""
     from hemaflow.data import dataset
@@ -107,7 +115,7 @@ def write_dataset(folder: Path, splits: dict[str, tuple], size: int = SIZE) -> P
             "synthetic": False,
         },
     )
-    return folder
+    return mark_complete(folder)
 
 
 def write_tfrecord_folder(folder: Path, splits: dict[str, tuple], size: int = SIZE) -> Path:
@@ -134,7 +142,7 @@ def write_tfrecord_folder(folder: Path, splits: dict[str, tuple], size: int = SI
             "synthetic": False,
         },
     )
-    return folder
+    return mark_complete(folder)
 
 
 def write_pbc_tfrecords(root: Path, dest: Path, size: int, per_class: dict[str, int]) -> Path:
@@ -169,4 +177,4 @@ def write_pbc_tfrecords(root: Path, dest: Path, size: int, per_class: dict[str, 
         write_shards(records, dest, split, 2)
     manifest = {"kind": "tfrecords", "class_names": classes, "image_size": size, "counts": counts}
     (dest / "manifest.json").write_text(json.dumps(manifest))
-    return dest
+    return mark_complete(dest)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hemaflow.config import CLASS_NAMES
-from tests.helpers import SIZE, load_pbc_arrays, tiny_cnn, train_tiny
+from tests.helpers import SIZE, load_pbc_arrays, mark_complete, tiny_cnn, train_tiny
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def exported(pbc128_root, tmp_path_factory):
     model, history = train_tiny(images, labels, epochs=1)
     folder = tmp_path_factory.mktemp("model")
     export_model(model, folder, list(CLASS_NAMES), SIZE, {"backbone": "tiny", "history": history})
-    return folder, model, images
+    return mark_complete(folder), model, images
 
 
 def test_export_writes_model_folder(exported):

@@ -240,6 +240,8 @@ def test_copy_interrupted_over_an_old_artifact_is_refused_by_readers(gcs_bucket,
         _write_artifact(out, 4, "new")
     assert not storage.is_complete(final), "a half-replaced artifact must not look complete"
     assert all(".staging-" not in n for n in _names(gcs_bucket))
+    with pytest.raises(storage.IncompleteArtifactError, match="no _COMPLETE marker"):
+        storage.local_path(final)
 
 
 def test_a_failing_stage_uploads_nothing(gcs_bucket):

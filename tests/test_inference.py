@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hemaflow.config import CLASS_NAMES
-from tests.helpers import SIZE, load_pbc_arrays, train_tiny, write_shards
+from tests.helpers import SIZE, load_pbc_arrays, mark_complete, train_tiny, write_shards
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +20,7 @@ def model_and_records(pbc128_root, tmp_path_factory):
     model, _ = train_tiny(images, labels, epochs=1)
     model_dir = tmp_path_factory.mktemp("model")
     export_model(model, model_dir, list(CLASS_NAMES), SIZE, {"backbone": "tiny"})
+    mark_complete(model_dir)
     data_dir = tmp_path_factory.mktemp("records")
     test_images, test_labels, test_names = load_pbc_arrays(pbc128_root, 3, offset=10)
     records = [

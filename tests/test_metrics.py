@@ -76,9 +76,10 @@ def test_robustness_summary_medmnist_c():
     out = metrics.robustness_summary(0.95, corrupted)
     assert out["clean_balanced_error"] == pytest.approx(0.05)
     assert out["per_corruption"]["blur"]["balanced_error"] == pytest.approx(0.3)
-    assert out["per_corruption"]["blur"]["relative_balanced_error"] == pytest.approx(0.25)
+    assert out["per_corruption"]["blur"]["balanced_error_increase"] == pytest.approx(0.25)
     assert out["per_corruption"]["blur"]["balanced_error_ratio"] == pytest.approx(6.0)
     assert out["mean_balanced_error"] == pytest.approx(0.2)
+    assert out["mean_balanced_error_increase"] == pytest.approx(0.15)
     assert out["corrupted_accuracy"] == pytest.approx((0.9 + 0.7 + 1.0) / 3)
     assert metrics.robustness_summary(1.0, corrupted)["mean_balanced_error_ratio"] is None
     with pytest.raises(ValueError, match="no corruption"):

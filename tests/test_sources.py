@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import os
 import shutil
 import threading
 from functools import partial
@@ -193,6 +194,42 @@ def test_not_an_npz_is_an_error(tmp_path):
     path.write_bytes(b"this is not a zip file")
     with pytest.raises(SourceError, match="broken.npz"):
         read_npz(path, 32)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_truncated_or_corrupt_npz_names_the_file(tmp_path, compress):
+    path = tmp_path / "cells.npz"
+    (np.savez_compressed if compress else np.savez)(
+        path, images=_images(8), labels=np.arange(8) % 2
+    )
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(SourceError, match=r"cells.npz: not a readable .npz file"):
+        read_npz(path, 32)
+    flipped = bytearray(whole)
+    flipped[200:300] = bytes(b ^ 0xFF for b in flipped[200:300])
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(SourceError, match=r"cells.npz: key 'images': unreadable"):
+        read_npz(path, 32)
+
+
+def test_one_class_is_an_error_naming_it_where_training_needs_two(mixed_folder, tmp_path):
+    shutil.rmtree(mixed_folder / "platelet")
+    with pytest.raises(SourceError, match=r"only 1 class found \('lymphocyte'\).*at least 2"):
+        read_source(str(mixed_folder), small_config(), min_classes=2)
+    assert read_source(str(mixed_folder), small_config()).class_names == ["lymphocyte"]
+    npz = tmp_path / "one.npz"
+    np.savez(npz, images=_images(4), labels=np.full(4, 3))
+    with pytest.raises(SourceError, match=r"one.npz: only 1 class found \('ig'\)"):
+        read_source(str(npz), small_config(), min_classes=2)
+
+
+def test_special_files_are_skipped_not_read(mixed_folder):
+    """A FIFO named like an image would block the reader forever."""
+    fifo = mixed_folder / "platelet" / "pipe.jpg"
+    os.mkfifo(fifo)
+    loaded = read_folder(mixed_folder, 32)
+    assert {"path": str(fifo), "reason": "not a regular file"} in loaded.skipped
 
 
 # --------------------------------------------------------------------------- bloodmnist

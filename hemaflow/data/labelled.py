@@ -20,6 +20,8 @@ from hemaflow.data.sources import (
     IMAGE_SUFFIXES,
     SourceError,
     decode_image,
+    npz_array,
+    open_npz,
     read_source,
     to_working_size,
 )
@@ -176,7 +178,7 @@ def read_images_for_prediction(source: str, size: int) -> SourceImages:
         images = np.stack([decode_image(p, size)[0] for p in progress(files, len(files), "decode")])
         ids = np.array([p.relative_to(local).as_posix() for p in files])
     elif local.suffix.lower() == ".npz":
-        with np.load(local, allow_pickle=False) as archive:
+        with open_npz(local) as archive:
             keys = [
                 k
                 for k in ("images", "test_images", "val_images", "train_images")
@@ -186,7 +188,7 @@ def read_images_for_prediction(source: str, size: int) -> SourceImages:
                 raise SourceError(
                     f"{source}: no 'images' (or '*_images') array; keys: {', '.join(archive.files)}"
                 )
-            parts = {k: archive[k] for k in keys}
+            parts = {k: npz_array(local, archive, k) for k in keys}
         for key, array in parts.items():
             if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:
                 raise SourceError(

@@ -25,6 +25,8 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +56,9 @@ BLOODMNIST_MD5: dict[int, str] = {
 
 log = logging.getLogger(__name__)
 
+# What numpy raises on a truncated or corrupt .npz (a zip archive), when opened or read.
+NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
 
 class SourceError(HemaflowError, ValueError):
     """A source is missing, malformed or holds data that cannot be used."""
@@ -78,8 +83,12 @@ class LoadedSource:
 # --------------------------------------------------------------------------- entry point
 
 
-def read_source(source: str, config: Config) -> LoadedSource:
-    """Read ``source`` at ``config.data.image_size``; raises :class:`SourceError` on bad input."""
+def read_source(source: str, config: Config, min_classes: int = 1) -> LoadedSource:
+    """Read ``source`` at ``config.data.image_size``; raises :class:`SourceError` on bad input.
+
+    ``min_classes`` is how many classes must have images: training needs 2, scoring a model
+    on one class is fine. A folder is counted before any image is decoded.
+    """
     size = config.data.image_size
     text = source.strip()
     if text == "default":
@@ -109,9 +118,10 @@ def read_source(source: str, config: Config) -> LoadedSource:
         return loaded
     path = storage.local_path(text)
     if path.is_dir():
-        loaded = read_folder(path, size, on_bad_image=config.data.on_bad_image)
+        loaded = read_folder(path, size, config.data.on_bad_image, min_classes)
     elif path.suffix.lower() == ".npz":
         loaded = read_npz(path, size)
+        _check_classes(text, sorted({loaded.class_names[i] for i in loaded.labels}), min_classes)
     else:
         raise SourceError(
             f"{text}: not a source hemaflow reads (expected a folder of class folders, an .npz, "
@@ -206,6 +216,8 @@ def scan_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]], list[dic
             relative = path.relative_to(class_dir)
             if any(part.startswith(".") for part in relative.parts):
                 skipped.append({"path": str(path), "reason": "hidden file"})
+            elif path.exists() and not path.is_file():  # a FIFO would block the reader
+                skipped.append({"path": str(path), "reason": "not a regular file"})
             elif path.suffix.lower() not in IMAGE_SUFFIXES:
                 skipped.append({"path": str(path), "reason": "not an image file"})
             else:
@@ -216,7 +228,17 @@ def scan_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]], list[dic
     return [d.name for d in class_dirs], files, skipped
 
 
-def read_folder(root: Path, size: int, on_bad_image: str = "error") -> LoadedSource:
+def _check_classes(source: str | Path, found: list[str], needed: int) -> None:
+    if len(found) < needed:
+        raise SourceError(
+            f"{source}: only {len(found)} class found ({', '.join(map(repr, found))}); "
+            f"a classifier needs at least {needed}"
+        )
+
+
+def read_folder(
+    root: Path, size: int, on_bad_image: str = "error", min_classes: int = 1
+) -> LoadedSource:
     """Decode every image of a class-folder tree (threads, progress shown); bad images error or skip.
 
     Pillow releases the GIL while decoding, so a few threads keep the CPUs and the disk busy.
@@ -224,6 +246,7 @@ def read_folder(root: Path, size: int, on_bad_image: str = "error") -> LoadedSou
     from concurrent.futures import ThreadPoolExecutor
 
     class_names, files, skipped = scan_folder(root)
+    _check_classes(root, class_names, min_classes)
     images = np.empty((len(files), size, size, 3), dtype=np.uint8)
     keep = np.zeros(len(files), dtype=bool)
     sizes: dict[str, int] = {}
@@ -262,27 +285,23 @@ def read_folder(root: Path, size: int, on_bad_image: str = "error") -> LoadedSou
 
 def read_npz(path: Path, size: int) -> LoadedSource:
     """Read an .npz in the challenge or MedMNIST layout, checking keys, shapes, dtypes, labels."""
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise SourceError(f"{path}: not a readable .npz file ({exc})") from exc
-    if not hasattr(archive, "files"):
-        raise SourceError(f"{path}: not an .npz archive (a single .npy array?)")
-    with archive:
+    with open_npz(path) as archive:
         keys = set(archive.files)
         class_names = (
             _npz_class_names(path, archive) if "class_names" in keys else list(CLASS_NAMES)
         )
         if "images" in keys or "labels" in keys:
-            parts = {"all": (_array(path, archive, "images"), _array(path, archive, "labels"))}
+            parts = {
+                "all": (npz_array(path, archive, "images"), npz_array(path, archive, "labels"))
+            }
             layout = "challenge"
         elif any(f"{s}_images" in keys for s in SPLIT_NAMES):
             parts = {}
             for split in SPLIT_NAMES:
                 if f"{split}_images" in keys or f"{split}_labels" in keys:
                     parts[split] = (
-                        _array(path, archive, f"{split}_images"),
-                        _array(path, archive, f"{split}_labels"),
+                        npz_array(path, archive, f"{split}_images"),
+                        npz_array(path, archive, f"{split}_labels"),
                     )
             layout = "medmnist"
         else:
@@ -319,17 +338,29 @@ def read_npz(path: Path, size: int) -> LoadedSource:
     )
 
 
-def _array(path: Path, archive: Any, key: str) -> np.ndarray:
+def open_npz(path: Path) -> Any:
+    """An .npz opened without pickle; a truncated, corrupt or non-.npz file is a SourceError."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except NPZ_ERRORS as exc:
+        raise SourceError(f"{path}: not a readable .npz file ({exc})") from exc
+    if not hasattr(archive, "files"):
+        raise SourceError(f"{path}: not an .npz archive (a single .npy array?)")
+    return archive
+
+
+def npz_array(path: Path, archive: Any, key: str) -> np.ndarray:
     if key not in archive.files:
         raise SourceError(f"{path}: missing key '{key}' (keys: {', '.join(sorted(archive.files))})")
     try:
         return archive[key]
-    except ValueError as exc:  # object arrays need pickle, which is refused
-        raise SourceError(f"{path}: key '{key}': cannot be loaded without pickle ({exc})") from exc
+    except NPZ_ERRORS as exc:  # object arrays need pickle (refused); a truncated file fails too
+        why = "cannot be loaded without pickle" if "pickle" in str(exc) else "unreadable"
+        raise SourceError(f"{path}: key '{key}': {why} ({exc})") from exc
 
 
 def _npz_class_names(path: Path, archive: Any) -> list[str]:
-    names = _array(path, archive, "class_names")
+    names = npz_array(path, archive, "class_names")
     if names.ndim != 1 or names.dtype.kind not in "US" or len(names) < 2:
         raise SourceError(f"{path}: key 'class_names': expected a 1-D list of at least 2 strings")
     out = [str(n.decode() if isinstance(n, bytes) else n) for n in names]

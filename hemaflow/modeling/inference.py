@@ -3,8 +3,9 @@
 The Beam path reads the shards of one split, keys every serialized ``tf.Example`` by its
 source id and label, runs tfx-bsl's RunInference on the Model folder's SavedModel
 (``serve_examples`` signature) and writes one JSON line per example (``id``, ``label``,
-``probs``). It runs on the DirectRunner locally and on any Beam runner (Dataflow, Flink,
-Spark) given pipeline options, so scoring scales the same way balance-and-augment does.
+``probs``). It runs on the DirectRunner locally (in process, see :mod:`hemaflow.beam`) and on
+any Beam runner (Dataflow, Flink, Spark) given pipeline options, so scoring scales the same
+way balance-and-augment does.
 
 The numpy path (:func:`predict_arrays`) calls a loaded Keras model in batches. Evaluate uses it
 for the corrupted copies, which are generated on the fly in memory and never exist as records.
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from hemaflow import storage
+from hemaflow.beam import DIRECT_RUNNER, pipeline_options
 from hemaflow.data import tfrecords
 from hemaflow.errors import HemaflowError
 from hemaflow.modeling.export import SAVED_MODEL_DIR, SERVE_EXAMPLES
@@ -73,13 +75,12 @@ def run_inference_tfrecords(
     data_dir: str,
     split: str,
     out_dir: str | os.PathLike,
-    runner: str = "DirectRunner",
+    runner: str = DIRECT_RUNNER,
     runner_options: list[str] | None = None,
 ) -> list[str]:
     """Score every example of ``split`` with tfx-bsl RunInference; returns the JSONL files."""
     import apache_beam as beam
     import tensorflow as tf
-    from apache_beam.options.pipeline_options import PipelineOptions
     from tfx_bsl.public import beam as tfx_beam
     from tfx_bsl.public.proto import model_spec_pb2
 
@@ -96,8 +97,7 @@ def run_inference_tfrecords(
         )
     )
     prefix = storage.join(str(out_dir), f"{PREDICTIONS_PREFIX}-{split}")
-    options = PipelineOptions([f"--runner={runner}", *(runner_options or [])])
-    with beam.Pipeline(options=options) as pipeline:
+    with beam.Pipeline(options=pipeline_options(runner, runner_options or ())) as pipeline:
         _ = (
             pipeline
             | "Read" >> beam.io.ReadFromTFRecord(pattern, compression_type="gzip")
@@ -134,7 +134,7 @@ def predict_tfrecords(
     data_dir: str,
     split: str,
     out_dir: str | os.PathLike | None = None,
-    runner: str = "DirectRunner",
+    runner: str = DIRECT_RUNNER,
     runner_options: list[str] | None = None,
 ) -> Predictions:
     """Score one TFRecord split on Beam; the JSONL files stay in ``out_dir`` when given."""

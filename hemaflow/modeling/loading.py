@@ -1,5 +1,8 @@
 """Load exported models safely: Model folders or .keras files, local or gs://.
 
+A Model folder is read only when complete (it carries its ``_COMPLETE`` marker); a .keras file
+named directly is taken as it is.
+
 Loading always uses ``safe_mode=True``, so a model carrying arbitrary Python (a Lambda layer)
 is refused rather than executed. hemaflow's custom layers (:mod:`hemaflow.modeling.layers`)
 are registered first, so every model hemaflow exports loads by name.
@@ -27,8 +30,10 @@ class ModelError(HemaflowError, ValueError):
 def resolve_model_file(path: str | os.PathLike) -> Path:
     """The local .keras file behind ``path`` (a Model folder or a .keras file), checked for kind."""
     uri = str(path)
-    if storage.is_gcs(uri) and not uri.endswith(".keras"):
-        uri = storage.join(uri, MODEL_FILE)  # a gs:// Model folder: fetch only its archive
+    if not uri.endswith(".keras"):  # a Model folder must be complete; a bare .keras is no folder
+        storage.require_complete(uri, "Model folder")
+        if storage.is_gcs(uri):
+            uri = storage.join(uri, MODEL_FILE)  # fetch only its archive
     try:
         local = storage.local_path(uri)
     except storage.StorageError as exc:

@@ -1,9 +1,11 @@
 """Classification, calibration and robustness metrics (pure numpy, no framework imports).
 
 Robustness follows MedMNIST-C: for each corruption the balanced error (1 - balanced accuracy)
-is averaged over severities, and compared with the clean balanced error. ``relative`` is the
-difference (how much error the corruption adds), ``ratio`` the quotient (undefined when the
-clean error is zero, reported as None then).
+is averaged over severities, and compared with the same model's clean balanced error:
+``balanced_error_increase`` is the difference (how much error the corruption adds),
+``balanced_error_ratio`` the quotient (undefined when the clean error is zero, reported as
+None then). Neither is MedMNIST-C's *relative* balanced error, which normalises by a reference
+model's errors; hemaflow has no reference model, so it reports none.
 """
 
 from __future__ import annotations
@@ -169,7 +171,7 @@ def robustness_summary(
         mean_be = float(np.mean(be))
         per[name] = {
             "balanced_error": mean_be,
-            "relative_balanced_error": mean_be - clean_be,
+            "balanced_error_increase": mean_be - clean_be,
             "balanced_error_ratio": (mean_be / clean_be) if clean_be > 0 else None,
             "accuracy": float(np.mean(acc)),
             "by_severity": {
@@ -181,8 +183,8 @@ def robustness_summary(
     return {
         "clean_balanced_error": clean_be,
         "mean_balanced_error": float(np.mean([p["balanced_error"] for p in per.values()])),
-        "mean_relative_balanced_error": float(
-            np.mean([p["relative_balanced_error"] for p in per.values()])
+        "mean_balanced_error_increase": float(
+            np.mean([p["balanced_error_increase"] for p in per.values()])
         ),
         "mean_balanced_error_ratio": None
         if any(r is None for r in ratios)

@@ -107,20 +107,21 @@ def model_card(
     if robustness:
         lines += [
             f"Severities {metrics.get('severities')}; balanced error (BE) averaged over "
-            "severities; relative BE = BE minus the clean BE on the same images.",
+            "severities; BE increase = BE minus this model's clean BE on the same images "
+            "(not MedMNIST-C's relative BE, which is normalised by a reference model).",
             "",
-            "| corruption | accuracy | BE | relative BE |",
+            "| corruption | accuracy | BE | BE increase |",
             "|---|---|---|---|",
         ]
         for name, row in robustness["per_corruption"].items():
             lines.append(
                 f"| {name} | {_pct(row['accuracy'])} | {_num(row['balanced_error'])} | "
-                f"{_num(row['relative_balanced_error'])} |"
+                f"{_num(row['balanced_error_increase'])} |"
             )
         lines.append(
             f"| **mean** | {_pct(robustness['corrupted_accuracy'])} | "
             f"{_num(robustness['mean_balanced_error'])} | "
-            f"{_num(robustness['mean_relative_balanced_error'])} |"
+            f"{_num(robustness['mean_balanced_error_increase'])} |"
         )
         adapted = metrics.get("bn_adaptation")
         if adapted:

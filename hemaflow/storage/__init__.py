@@ -5,6 +5,11 @@ Stages never open final paths directly. They write into a local staging folder g
 locally by a rename, on GCS by uploading under a temporary prefix, copying into place and
 writing the ``_COMPLETE`` marker last. A failed stage leaves no partial artifact under the
 final name. Reads of ``gs://`` objects go through a local cache keyed by the object's CRC32C.
+
+Readers trust only complete artifacts: a folder with a ``manifest.json`` (what marks a hemaflow
+artifact) but no ``_COMPLETE`` marker, left by an upload or copy cut off midway, is refused
+with :class:`IncompleteArtifactError` by :func:`local_path`, :func:`readable`,
+:func:`read_json` and :func:`require_complete`.
 """
 
 from __future__ import annotations
@@ -15,26 +20,32 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from hemaflow.storage.paths import (
     COMPLETE_MARKER,
     GCS_PREFIX,
     MANIFEST,
+    IncompleteArtifactError,
+    OutputError,
     StorageError,
     cache_root,
+    incomplete,
     is_gcs,
     join,
     sha256_file,
     split_gcs,
+    unfinished,
 )
 
 __all__ = [
     "COMPLETE_MARKER",
     "GCS_PREFIX",
     "MANIFEST",
+    "IncompleteArtifactError",
+    "OutputError",
     "StorageError",
     "cache_root",
     "is_gcs",
@@ -48,12 +59,15 @@ __all__ = [
 
 
 def local_path(uri: str | os.PathLike) -> Path:
-    """A local file or folder holding the content of ``uri`` (downloaded and cached for gs://)."""
+    """A local file or folder holding the content of ``uri`` (downloaded and cached for gs://).
+
+    An artifact folder without its completion marker is refused (for gs://, before download).
+    """
     if not is_gcs(uri):
         path = Path(uri).expanduser()
         if not path.exists():
             raise StorageError(f"{path}: no such file or folder")
-        return path
+        return _finished(path)
     from hemaflow.storage import gcs
 
     return gcs.download(str(uri), cache_root() / "gcs")
@@ -77,8 +91,24 @@ def read_text(uri: str | os.PathLike) -> str:
 
 def readable(uri: str | os.PathLike) -> str:
     """A path TensorFlow and Beam can read: gs:// goes through the local cache, because
-    TensorFlow's own GCS file system has a fixed endpoint (it ignores STORAGE_EMULATOR_HOST)."""
-    return str(local_path(uri)) if is_gcs(uri) else str(uri)
+    TensorFlow's own GCS file system has a fixed endpoint (it ignores STORAGE_EMULATOR_HOST).
+    A local path need not exist; an artifact folder there must be complete."""
+    if is_gcs(uri):
+        return str(local_path(uri))
+    _finished(Path(uri).expanduser())
+    return str(uri)
+
+
+def _finished(path: Path) -> Path:
+    if path.is_dir() and unfinished(os.listdir(path)):
+        raise incomplete(path)
+    return path
+
+
+def require_complete(folder: str | os.PathLike, what: str = "artifact folder") -> None:
+    """Refuse an artifact folder that lacks its marker; a missing folder is the caller's to name."""
+    if not is_complete(folder) and exists(join(folder, MANIFEST)):
+        raise incomplete(folder, what)
 
 
 def read_json(
@@ -92,7 +122,8 @@ def read_json(
     """The JSON object ``folder/name``, checked for its ``kind`` and ``required`` fields.
 
     Every artifact manifest is read here, so a missing, malformed or foreign file fails the
-    same way whatever the artifact: one ``error`` naming the file and the ``what`` expected.
+    same way whatever the artifact: one ``error`` naming the file and the ``what`` expected;
+    a folder without its completion marker raises :class:`IncompleteArtifactError`.
     """
     uri = join(folder, name)
     try:
@@ -107,6 +138,8 @@ def read_json(
         raise error(f"{uri}: expected a JSON object, got {type(body).__name__}")
     if kind is not None and body.get("kind") != kind:
         raise error(f"{uri}: kind is {body.get('kind')!r}, not {kind!r}; not a {what}")
+    if not is_complete(folder):
+        raise incomplete(folder, what)
     for key in required:
         if key not in body:
             raise error(f"{uri}: missing field '{key}'")
@@ -142,8 +175,10 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def artifact_dir(final: str | os.PathLike) -> Iterator[Path]:
     """Stage an output folder and publish it to ``final`` only if the block succeeds.
 
-    An existing artifact at ``final`` is replaced whole on success and kept on failure.
+    An existing artifact at ``final`` is replaced whole on success and kept on failure;
+    anything else there is refused before the block runs (:func:`check_output`).
     """
+    check_output(final)
     final_str = str(final)
     if is_gcs(final_str):
         with tempfile.TemporaryDirectory(prefix="hemaflow-stage-") as tmp:
@@ -179,12 +214,12 @@ def _swap_in(staging: Path, final: Path) -> None:
     if not final.exists():
         os.replace(staging, final)
         return
-    if final.is_dir() and any(final.iterdir()) and not _looks_like_artifact(final):
-        # A folder we did not write: refuse rather than delete a user's files.
+    try:
+        check_output(final)
+    except OutputError:
+        # Something we did not write: refuse rather than delete a user's files.
         shutil.rmtree(staging, ignore_errors=True)
-        raise StorageError(
-            f"{final}: exists and is not a hemaflow artifact; choose another output folder"
-        )
+        raise
     old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
     os.replace(final, old)
     try:
@@ -197,6 +232,66 @@ def _swap_in(staging: Path, final: Path) -> None:
 
 def _looks_like_artifact(path: Path) -> bool:
     return (path / MANIFEST).exists() or (path / COMPLETE_MARKER).exists()
+
+
+def check_output(
+    out: str | os.PathLike,
+    kind: Literal["folder", "file", "root"] = "folder",
+    inputs: Iterable[str | os.PathLike | None] = (),
+) -> None:
+    """Refuse an output that cannot be written or whose writing would destroy something.
+
+    Stages call this before any work, so a refused command has read and written nothing.
+    ``kind`` is what goes there: an artifact ``folder`` (replaced whole), a ``file``
+    (replaced whole), or a ``root`` folder that things are written into. A missing path or
+    an empty folder (what KFP hands a task) passes, and so does an earlier artifact or file,
+    which a successful run replaces; a file where a folder goes (or the reverse), a
+    non-empty folder hemaflow did not write, an input, or a path inside an input or holding
+    one raises :class:`OutputError` naming the path and why.
+    """
+    text = str(out)
+    if not text.strip():
+        raise OutputError("output path is empty")
+    if is_gcs(text):
+        if kind == "file":
+            raise OutputError(f"{text}: this output is a local file; gs:// is not supported")
+        split_gcs(text)
+        if kind == "folder" and exists(text) and not _gcs_artifact(text):
+            raise OutputError(
+                f"{text}: holds objects and is not a hemaflow artifact; choose another output"
+            )
+        return
+    path = Path(text).expanduser().resolve()
+    for given in inputs:
+        if given and not is_gcs(given) and Path(given).expanduser().exists():
+            source = Path(given).expanduser().resolve()
+            if source == path:
+                raise OutputError(f"{text}: is also an input; choose another output")
+            if source in path.parents:
+                raise OutputError(f"{text}: is inside the input {given}; write it elsewhere")
+            if path in source.parents and kind != "root":
+                raise OutputError(
+                    f"{text}: holds the input {given}, which writing it would replace"
+                )
+    parent = next(p for p in path.parents if p.exists())
+    if not parent.is_dir():
+        raise OutputError(f"{text}: {parent} is a file, not a folder")
+    if not path.exists():
+        return
+    if kind == "file":
+        if path.is_dir():
+            raise OutputError(f"{text}: is a folder; give a file name")
+    elif not path.is_dir():
+        raise OutputError(f"{text}: exists and is a file, not a folder; choose another output")
+    elif kind == "folder" and any(path.iterdir()) and not _looks_like_artifact(path):
+        raise OutputError(
+            f"{text}: exists and is not a hemaflow artifact (no {MANIFEST} or "
+            f"{COMPLETE_MARKER}); choose another output folder"
+        )
+
+
+def _gcs_artifact(uri: str) -> bool:
+    return exists(join(uri, COMPLETE_MARKER)) or exists(join(uri, MANIFEST))
 
 
 def is_complete(uri: str | os.PathLike) -> bool:

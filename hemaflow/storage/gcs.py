@@ -30,7 +30,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hemaflow.storage.paths import COMPLETE_MARKER, GCS_PREFIX, StorageError, split_gcs
+from hemaflow.storage.paths import (
+    COMPLETE_MARKER,
+    GCS_PREFIX,
+    MANIFEST,
+    StorageError,
+    incomplete,
+    split_gcs,
+    unfinished,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +113,7 @@ def download(uri: str, cache_dir: Path) -> Path:
 
     The copy lives at ``cache_dir/objects/<bucket>/<name>``; files whose CRC32C matches the
     object's are not downloaded again; local files no longer under the prefix are removed.
+    An artifact folder without its completion marker is refused before anything is fetched.
     """
     bucket_name, name = split_gcs(uri)
     bucket = _bucket(bucket_name, uri)
@@ -118,6 +127,8 @@ def download(uri: str, cache_dir: Path) -> Path:
     blobs = [b for b in client().list_blobs(bucket_name, prefix=prefix) if not b.name.endswith("/")]
     if not blobs:
         raise StorageError(f"{uri}: no such object or folder in bucket '{bucket_name}'")
+    if unfinished({b.name[len(prefix) :] for b in blobs}):
+        raise incomplete(uri)
     folder = root / prefix if prefix else root
     wanted = set()
     for blob in blobs:
@@ -238,7 +249,9 @@ def publish_dir(local_dir: Path, final_uri: str) -> None:
         for blob in list(client().list_blobs(bucket_name, prefix=f"{final}/")):
             if blob.name not in new:
                 blob.delete()
-        for _, rel in files:
+        # The manifest goes first, so a copy cut off midway is recognisably an artifact
+        # (and refused by readers for want of its marker).
+        for _, rel in sorted(files, key=lambda file: file[1] != MANIFEST):
             _copy_object(bucket, staging + rel, f"{final}/{rel}")
         marker.upload_from_string(b"")
     except Exception as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 from hemaflow.errors import HemaflowError
@@ -19,6 +20,34 @@ GCS_PREFIX = "gs://"
 
 class StorageError(HemaflowError, OSError):
     """A path or object is missing, unreadable or could not be written."""
+
+
+class IncompleteArtifactError(HemaflowError):
+    """An artifact folder whose publication never finished: it has no completion marker.
+
+    Not a :class:`StorageError`, so code that reads a missing file as "not there" does not
+    mistake a half-copied artifact for an absent one.
+    """
+
+
+def unfinished(names: Collection[str]) -> bool:
+    """Whether a folder holding ``names`` (its top-level entries) is an artifact cut off early.
+
+    A folder with a manifest is a hemaflow artifact, and every one hemaflow publishes carries
+    the marker; raw sources (image folders, shard folders, .npz files) have no manifest.
+    """
+    return MANIFEST in names and COMPLETE_MARKER not in names
+
+
+def incomplete(folder: str | os.PathLike, what: str = "artifact folder") -> IncompleteArtifactError:
+    return IncompleteArtifactError(
+        f"{folder}: {what} has no {COMPLETE_MARKER} marker: an interrupted write? "
+        "Re-run the stage that makes it"
+    )
+
+
+class OutputError(StorageError):
+    """An output path would destroy what is there or what a command reads, so nothing is done."""
 
 
 def is_gcs(path: str | os.PathLike) -> bool:

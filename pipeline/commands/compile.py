@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from hemaflow.pipeline.compiler import compile_pipeline, load_ir
 
+    from hemaflow import storage
+
+    storage.check_output(args.out, "file", inputs=[args.config])
     config = config_from_args(args, **{"data.source": args.data})
     path = compile_pipeline(config, args.out, args.target)
     ir = load_ir(path)

@@ -8,6 +8,8 @@ import sys
 
 from hemaflow.errors import StageError
 
+STAGES = ("ingest", "augment", "compare", "tune", "train", "ensemble", "evaluate", "predict")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -49,6 +51,8 @@ def split_runner_options(
 
 def run_component(args: argparse.Namespace) -> int:
     stage_args, docker, image = split_runner_options(list(args.args), args.docker, args.image)
+    if args.stage not in STAGES:
+        raise StageError(f"{args.stage!r}: not a stage; choose one of {', '.join(STAGES)}")
     if not docker:
         return subprocess.call([sys.executable, "-m", "hemaflow", args.stage, *stage_args])
     from hemaflow.pipeline.docker_run import run_stage
