@@ -231,34 +231,53 @@ def resnet_mini(
 
 
 def _backbone(name: str, image_size: int, weights: str | None):
+    """The nested backbone, its weights loaded: ``weights`` is None, ``"imagenet"``, a local
+    weights file or a mirror (local or gs://; the backbone's Keras file is taken from it)."""
     import keras
 
+    from hemaflow.modeling import weights as pretrained
+
     spec = backbone_spec(name)
+    kind = pretrained.kind_of(weights)
     if name in _CUSTOM:
+        if kind in ("imagenet", "mirror"):
+            raise pretrained.no_keras_file(name, True, _APPS)
         model = {"small_cnn": small_cnn, "resnet_mini": resnet_mini}[name](image_size)
         if weights:
-            model.load_weights(weights)
+            pretrained.load_into(model, weights, name, image_size)
         return model
     if image_size < 32:
         raise ConfigError(f"backbone {name!r}: needs images of at least 32 px, got {image_size}")
+    path = weights
+    if kind != "file":
+        path = pretrained.local_file(weights or "none", name, image_size, spec)
     constructor = getattr(keras.applications, spec.constructor)
-    return constructor(
+    # Weights are loaded here rather than by the constructor: with name= set, EfficientNet and
+    # ConvNeXt would ask Keras's origin for a file named after the model ("backbone_notop.h5").
+    model = constructor(
         include_top=False,
-        weights=weights,
+        weights=None,
         input_shape=(image_size, image_size, 3),
         name=BACKBONE_LAYER,
         **dict(spec.kwargs),
     )
+    if path:
+        pretrained.load_into(model, path, name, image_size)
+    return model
 
 
 def resolve_weights(weights: str) -> str | None:
-    """``"imagenet"``, ``None`` for ``"none"``, or a local copy of a weights file (local/gs://)."""
+    """``None`` for ``"none"``, ``"imagenet"`` and a mirror as they are (resolved per
+    backbone by :func:`_backbone`), or a local copy of a single weights file (local/gs://)."""
     if weights in ("none", "", None):
         return None
     if weights == "imagenet":
         return "imagenet"
     from hemaflow import storage
+    from hemaflow.modeling import weights as pretrained
 
+    if pretrained.kind_of(weights) == "mirror":
+        return weights
     return str(storage.local_path(weights))
 
 
