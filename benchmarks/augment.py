@@ -30,6 +30,7 @@ def build_dataset(root: Path, folder: Path, fraction: float, size: int, seed: in
     """A Dataset folder from every k-th image of each class, split 70/15/15 per class."""
     from PIL import Image
 
+    from hemaflow import storage
     from hemaflow.data import dataset
 
     classes = sorted(p for p in root.iterdir() if p.is_dir())
@@ -67,6 +68,7 @@ def build_dataset(root: Path, folder: Path, fraction: float, size: int, seed: in
             "source": f"{root} (every {step}th image)",
         },
     )
+    (folder / storage.COMPLETE_MARKER).write_text("")  # what artifact_dir marks a finished one
     return folder
 
 

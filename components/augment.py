@@ -12,10 +12,14 @@ What the TFRecord folder holds, per split:
   policy and then CutMix/MixUp with a partner from the same batch, with soft labels. Records
   are shuffled deterministically (ordered by a hash of seed and source id) across shards.
 - ``val``, ``test``: the Dataset's images unaugmented, in order (pixel-identical).
-- ``bmk``: the test split passed once through ``augment.bmk_policy``, a randomized benchmark.
+- ``bmk``: the test split passed once through ``augment.bmk_policy``, a randomized benchmark
+  that only evaluate reads.
+- ``bmk_val``: the val split passed once through the same policy ("Bmk-val"), which compare
+  may rank on, so no choice ever sees test images.
 
-Work is a Beam pipeline (DirectRunner by default; ``augment.runner`` and
-``augment.runner_options`` go to ``PipelineOptions``): the driver plans batches of up to
+Work is a Beam pipeline (DirectRunner by default, run in process without Beam's Prism download,
+see :mod:`hemaflow.beam`; ``augment.runner`` and ``augment.runner_options`` go to
+``PipelineOptions``): the driver plans batches of up to
 ``augment.batch_size`` rows, one DoFn call augments and encodes a whole batch, and shards are
 written after a GroupByKey, each sorted, so the same Dataset and seed give the same bytes.
 Seeds per batch come from the stage seed, the split and the batch index. With a distributed
@@ -42,9 +46,11 @@ from typing import Any
 import numpy as np
 
 from hemaflow import storage
+from hemaflow.beam import pipeline_options as beam_options
 from hemaflow.config import AugmentConfig, Config
 from hemaflow.data import dataset, tfrecords
 from hemaflow.errors import StageError
+from hemaflow.modeling.fitting import BMK_VAL
 from hemaflow.reporting import plots
 
 log = logging.getLogger("hemaflow.augment")
@@ -59,7 +65,7 @@ STATS_DIR = "_shard_stats"
 class Batch:
     """One unit of work: rows of a source split processed in one DoFn call."""
 
-    split: str  # output split: train, val, test or bmk
+    split: str  # output split: train, val, test, bmk or bmk_val
     kind: str  # original, augmented, mixed or bmk
     index: int  # batch number within (split, kind): drives the batch seed
     source: str  # the Dataset split the rows index into
@@ -134,8 +140,9 @@ def plan_batches(
     for name in ("val", "test"):
         rows = np.arange(len(splits[name]))
         add(name, "original", name, rows, np.zeros_like(rows))
-    test_rows = np.arange(len(splits["test"]))
-    add("bmk", "bmk", "test", test_rows, np.ones_like(test_rows))
+    for name, source in (("bmk", "test"), (BMK_VAL, "val")):
+        rows = np.arange(len(splits[source]))
+        add(name, "bmk", source, rows, np.ones_like(rows))
     return batches
 
 
@@ -225,13 +232,6 @@ def check_split(
 # --------------------------------------------------------------------------- Beam pieces
 
 
-LOCAL_RUNNER = "FnApiRunner"
-"""What ``DirectRunner`` runs as. Beam 2.77's DirectRunner first tries the Prism runner, which
-downloads a binary from GitHub at run time; its in-process fallback, the FnApiRunner, is the
-same local engine without a download (``--direct_num_workers`` and
-``--direct_running_mode`` apply to it as usual)."""
-
-
 LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "PrismRunner")
 
 
@@ -267,10 +267,7 @@ def gather_shards(source_root: str, folder: Path) -> None:
 
 def pipeline_options(aug: AugmentConfig):
     """Beam PipelineOptions from ``augment.runner`` and ``augment.runner_options``."""
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    runner = LOCAL_RUNNER if aug.runner == "DirectRunner" else aug.runner
-    return PipelineOptions([f"--runner={runner}", *aug.runner_options])
+    return beam_options(aug.runner, aug.runner_options)
 
 
 _TICKERS: dict[str, Iterator[int]] = {}
@@ -447,6 +444,7 @@ def run_beam(
 
 def run(dataset_dir: str, out_dir: str, config: Config) -> dict:
     """Balance, augment and write the Dataset at ``dataset_dir`` as TFRecords in ``out_dir``."""
+    storage.check_output(out_dir, inputs=[dataset_dir])
     dataset_dir = str(dataset_dir)
     if not storage.is_gcs(dataset_dir):
         dataset_dir = str(Path(dataset_dir).expanduser().resolve())
@@ -455,7 +453,7 @@ def run(dataset_dir: str, out_dir: str, config: Config) -> dict:
     size = int(manifest["image_size"])
     aug = config.augment
     batches = plan_batches(splits, len(class_names), aug, config.seed)
-    records = dict.fromkeys(tfrecords.SPLITS, 0)
+    records = dict.fromkeys((*tfrecords.SPLITS, BMK_VAL), 0)
     composition = dict.fromkeys(("original", "augmented", "mixed"), 0)
     for b in batches:
         records[b.split] += len(b.rows)
@@ -593,6 +591,10 @@ def build_report(
     test_rows = _one_per_class(test.labels, len(class_names), REPORT_SAMPLES)
     bmk = tools["bmk"](test.images[test_rows], config.seed)
     page.heading("Bmk: the test split through the benchmark policy")
+    page.paragraph(
+        "Bmk is for evaluate only. bmk_val, the val split through the same policy, is what "
+        "compare may rank backbones on."
+    )
     page.figure(
         "bmk.png",
         plots.image_grid(
@@ -622,6 +624,7 @@ def build_report(
                 "val": after["val"][c],
                 "test": after["test"][c],
                 "bmk": after["bmk"][c],
+                "bmk_val": after[BMK_VAL][c],
             }
             for c in class_names
         ]

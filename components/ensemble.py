@@ -170,6 +170,7 @@ def run(data_dir: str, member_dirs: list[str], out_dir: str, config: Config) -> 
     from hemaflow.modeling import export, inference, loading
     from hemaflow.reporting import report
 
+    storage.check_output(out_dir, inputs=[data_dir, *member_dirs])
     if not member_dirs:
         raise StageError("ensemble: name at least one member model folder")
     val = labelled.read_split(data_dir, "val")
@@ -267,7 +268,8 @@ def run(data_dir: str, member_dirs: list[str], out_dir: str, config: Config) -> 
         page.paragraph(
             f"Weights fitted on val to minimise log-loss ({'on' if config.ensemble.fit_weights else 'off: uniform'}); "
             f"temperature {temperature:.3f} fitted on val ({'on' if config.ensemble.calibrate else 'off'}). "
-            "Val numbers of the ensemble are in-sample."
+            "Val numbers of the ensemble are in-sample; the test split and Bmk are not used "
+            "here (evaluate reports on them)."
         )
         page.figure(
             "ensemble_log_loss.png",

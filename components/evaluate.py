@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +211,12 @@ def build_report(
     robustness = body.get("robustness")
     if robustness:
         page.heading("Robustness (MedMNIST-C style)")
+        page.paragraph(
+            "balanced_error: 1 - balanced accuracy under a corruption, averaged over "
+            "severities; balanced_error_increase: that minus this model's clean balanced error "
+            "on the same images (not MedMNIST-C's relative balanced error, which is normalised "
+            "by a reference model's errors)."
+        )
         per = robustness["per_corruption"]
         page.figure(
             "corruption_accuracy.png",
@@ -240,7 +247,7 @@ def build_report(
                 "corruption": name,
                 "accuracy": row["accuracy"],
                 "balanced_error": row["balanced_error"],
-                "relative_balanced_error": row["relative_balanced_error"],
+                "balanced_error_increase": row["balanced_error_increase"],
                 **(
                     {
                         "accuracy_bn_adapted": body["bn_adaptation"]["per_corruption"][name][
@@ -359,9 +366,9 @@ def evaluate_loaded(
             "corrupted_accuracy": robustness["corrupted_accuracy"],
             "corrupted_balanced_accuracy": robustness["corrupted_balanced_accuracy"],
             "mean_balanced_error": robustness["mean_balanced_error"],
-            "mean_relative_balanced_error": robustness["mean_relative_balanced_error"],
+            "mean_balanced_error_increase": robustness["mean_balanced_error_increase"],
             "per_corruption": {
-                name: {k: row[k] for k in ("accuracy", "balanced_error", "relative_balanced_error")}
+                name: {k: row[k] for k in ("accuracy", "balanced_error", "balanced_error_increase")}
                 for name, row in robustness["per_corruption"].items()
             },
             "robustness": robustness,
@@ -462,6 +469,7 @@ def run(model_dir: str, data_dir: str, out_dir: str, config: Config) -> dict[str
     ``data_dir`` is a TFRecord or Dataset folder (its test split, and Bmk when present) or a
     raw labelled source; ``model_dir`` a Model folder or a .keras file.
     """
+    storage.check_output(out_dir, inputs=[model_dir, data_dir])
     model, manifest, history = load_for_evaluation(model_dir)
     score = score_artifact if is_artifact(data_dir) else score_source
     test, test_probs, bmk, note, data_manifest = score(model, manifest, str(data_dir), config)
@@ -480,6 +488,22 @@ def run(model_dir: str, data_dir: str, out_dir: str, config: Config) -> dict[str
     )
 
 
+def _predict_on_beam(model_dir: str, data_dir: str, split: str, aug):
+    """Beam's own log says little of a run's progress: say when it starts and what it did."""
+    from hemaflow.modeling import inference
+
+    log.info("%s: scoring on Beam (%s)", split, aug.runner)
+    start = time.perf_counter()
+    preds = inference.predict_tfrecords(
+        model_dir, data_dir, split, None, aug.runner, aug.runner_options
+    )
+    seconds = time.perf_counter() - start
+    count = len(preds.ids)
+    rate = count / max(seconds, 1e-9)
+    log.info("%s: %d images in %.0f s (%.1f images/s)", split, count, seconds, rate)
+    return preds
+
+
 def score_artifact(model, manifest: dict[str, Any], source: str, config: Config) -> Scored:
     """Test (and Bmk) probabilities on a TFRecord or Dataset folder."""
     from hemaflow.data import dataset
@@ -494,14 +518,10 @@ def score_artifact(model, manifest: dict[str, Any], source: str, config: Config)
     aug, batch = config.augment, config.evaluate.batch_size
     bmk = None
     if test.kind == "tfrecords" and has_saved_model:
-        preds = inference.predict_tfrecords(
-            model_dir, data_dir, "test", None, aug.runner, aug.runner_options
-        )
+        preds = _predict_on_beam(model_dir, data_dir, "test", aug)
         test_probs = _align(preds, test, f"{source} test")
         if has_bmk:
-            bmk_preds = inference.predict_tfrecords(
-                model_dir, data_dir, "bmk", None, aug.runner, aug.runner_options
-            )
+            bmk_preds = _predict_on_beam(model_dir, data_dir, "bmk", aug)
             bmk = (bmk_preds.probs, bmk_preds.labels)
         note = (
             f"Clean test and Bmk scored on Beam ({aug.runner}) with tfx-bsl RunInference over "

@@ -41,8 +41,9 @@ SPLITS = dataset.DATA_SPLITS
 
 def run(source: str, out_dir: str, config: Config) -> dict[str, Any]:
     """Ingest ``source`` into a Dataset folder at ``out_dir``; returns its metrics."""
+    storage.check_output(out_dir, inputs=[source])
     data = config.data
-    loaded = read_source(source, config)
+    loaded = read_source(source, config, min_classes=2)
     log.info("checking %d images for duplicates and outliers", len(loaded.labels))
     findings = quality.analyse(
         loaded.images, loaded.labels, data.near_duplicate_distance, data.outlier_threshold

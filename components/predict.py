@@ -46,6 +46,8 @@ def run(model: str, source: str, out: str, config: Config) -> dict[str, Any]:
     (atomically) or to standard output for ``-``. Returns counts per predicted class."""
     from hemaflow.modeling import inference, loading
 
+    if out != STDOUT:
+        storage.check_output(out, "file", inputs=[model, source])
     loaded = loading.load_model(model)
     class_names, size = loading.model_class_names(model, loaded)
     if not size:

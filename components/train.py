@@ -4,8 +4,9 @@ Pretrained backbones: a frozen warm-up (``train.warmup_epochs``, only the head l
 the random head does not wreck the pretrained features), then fine-tuning of the top
 ``unfreeze`` backbone layers at the lower ``fine_tune_learning_rate``. From scratch: one
 phase over the whole network at ``learning_rate``. Each phase checkpoints every epoch into a
-stable work folder (``train.checkpoint_dir``, else beside ``out_dir``): a re-run with the
-same ``out_dir`` after a kill or preemption resumes at the last finished epoch.
+stable work folder (under ``train.checkpoint_dir``, local or gs://, else beside ``out_dir``):
+a re-run with the same ``out_dir`` after a kill or preemption resumes at the last finished
+epoch.
 
 Hyperparameters come from a tune output folder (its ``hparams.json``) or a JSON file; without
 one, from the config's ``train.*`` and ``model.head``.
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from typing import Any
 
@@ -27,22 +27,25 @@ log = logging.getLogger("hemaflow.train")
 
 
 def run(data_dir: str, backbone: str, hparams: str, out_dir: str, config: Config) -> dict:
-    """Train, then export a Model folder to ``out_dir``; returns val (and Bmk) metrics.
+    """Train, then export a Model folder to ``out_dir``; returns val (and Bmk-val) metrics.
 
     ``hparams`` is a tune output folder, a JSON file, or empty for the config's defaults.
     """
     from hemaflow.modeling import export, fitting, zoo
     from hemaflow.reporting.report import Report
 
+    storage.check_output(out_dir, inputs=[data_dir, hparams])
     start = time.perf_counter()
     hp = fitting.load_hparams(hparams, config)
     s = fitting.setup(data_dir, backbone, config)
-    work = fitting.default_work_dir(out_dir, config.train.checkpoint_dir)
+    store = fitting.checkpoint_store(out_dir, config.train.checkpoint_dir)
+    work = store.local
     work.mkdir(parents=True, exist_ok=True)
-    train_ds, val_ds, bmk_ds = fitting.data(s, config.seed)
+    train_ds, val_ds, bmk_val_ds = fitting.data(s, config.seed)
     t = config.train
     with s.strategy.scope():
         model = fitting.build(s, config, hp)
+    logs = work / fitting.TENSORBOARD_DIR  # kept with the checkpoints: a resumed run adds to it
 
     phases: list[dict[str, Any]] = []
     if s.pretrained and t.warmup_epochs:
@@ -50,7 +53,15 @@ def run(data_dir: str, backbone: str, hparams: str, out_dir: str, config: Config
         fitting.compile_phase(s, model, hp, hp.learning_rate, t.warmup_epochs)
         phases.append(
             fitting.run_phase(
-                model, "warmup", work, train_ds, val_ds, t.warmup_epochs, s.train_images
+                model,
+                "warmup",
+                work,
+                train_ds,
+                val_ds,
+                t.warmup_epochs,
+                s.train_images,
+                tensorboard=fitting.tensorboard(s, logs / "warmup", config.seed),
+                store=store,
             )
         )
     unfreeze = hp.unfreeze if s.pretrained else -1
@@ -67,13 +78,17 @@ def run(data_dir: str, backbone: str, hparams: str, out_dir: str, config: Config
             t.epochs,
             s.train_images,
             patience=t.early_stopping_patience,
+            tensorboard=fitting.tensorboard(s, logs / "finetune", config.seed),
+            store=store,
         )
     )
 
     history = _concat([p["history"] for p in phases])
     metrics = {
         "val_accuracy": fitting.evaluate_accuracy(model, val_ds),
-        "bmk_accuracy": fitting.evaluate_accuracy(model, bmk_ds) if bmk_ds is not None else None,
+        "bmk_val_accuracy": (
+            fitting.evaluate_accuracy(model, bmk_val_ds) if bmk_val_ds is not None else None
+        ),
         "epochs_run": len(history.get("loss", [])),
         "resumed_from": phases[-1].get("resumed_from", 0),
         "train_images_per_s": fitting.steady_rate(phases[-1].get("rates", [])),
@@ -97,11 +112,17 @@ def run(data_dir: str, backbone: str, hparams: str, out_dir: str, config: Config
         storage.write_text_atomic(staging / "metrics.json", json.dumps(metrics, indent=2))
         report = Report(f"Training: {backbone}")
         report.table([{"backbone": backbone, "precision": s.policy, **metrics}])
+        report.paragraph(
+            "val_accuracy: the val split, which also picks the best epoch and stops early; "
+            "bmk_val_accuracy: val through the Bmk policy (empty without a bmk_val split). "
+            "The test split and Bmk are not used here; evaluate reports on them."
+        )
         report.figure("curves.png", curves, "loss and accuracy per epoch (train and val)")
         report.json_block(info["hparams"])
         report.write(staging)
-    # The model is published; its checkpoints are no longer needed.
-    shutil.rmtree(work, ignore_errors=True)
+        fitting.publish_tensorboard(logs, staging)
+    # The model is published; its checkpoints (local and mirrored) are no longer needed.
+    store.remove()
     log.info(
         "%s: val accuracy %.4f in %.0f s",
         backbone,

@@ -7,9 +7,10 @@ unfreeze.
 Algorithms: Hyperband (default; its brackets are capped at ``tune.max_trials`` trials),
 Bayesian optimisation or random search.
 
-The tuner folder (``tune.directory``; default: a stable folder beside ``out_dir``) may be
-gs://, since keras-tuner writes through tf.io.gfile; a re-run with the same folder continues
-the search instead of starting again.
+The tuner folder (``tune.directory``; default: a stable folder beside ``out_dir``, or in
+the task's checkpoint store under ``train.checkpoint_dir``, mirrored to gs:// after every
+trial) may be gs://, since keras-tuner writes through tf.io.gfile; a re-run with the same
+folder continues the search instead of starting again.
 
 Distributed tuning works as keras-tuner's own: start the same command once with
 ``KERASTUNER_TUNER_ID=chief`` (runs the oracle) and on each worker with
@@ -108,6 +109,52 @@ def make_hypermodel(s, config: Config):
     return BloodCellHyperModel()
 
 
+#: The tuner's state folder (oracle and trials) inside the task's checkpoint store.
+TUNER_PART = "tuner"
+
+
+def _tuner_store(out_dir: str, config: Config):
+    """The checkpoint store holding the tuner's state, when ``train.checkpoint_dir`` is set.
+
+    Not with an explicit ``tune.directory`` (its owner keeps it) nor for distributed
+    tuning, whose workers share the chief's output and must not write its state.
+    """
+    from hemaflow.modeling import fitting
+
+    ckpt = config.train.checkpoint_dir
+    if not ckpt or config.tune.directory or os.environ.get("KERASTUNER_ORACLE_IP"):
+        return None
+    return fitting.checkpoint_store(out_dir, ckpt)
+
+
+def _save_after_each_trial(tuner, store) -> None:
+    """Mirror the tuner's folder once each trial is recorded, so a retried task goes on."""
+    end_trial = tuner.on_trial_end
+
+    def on_trial_end(trial) -> None:
+        end_trial(trial)  # the oracle and the trial are written to the folder here
+        store.save(TUNER_PART)
+
+    tuner.on_trial_end = on_trial_end
+
+
+def _labelled(tuner_class):
+    """``tuner_class`` whose trials say "trial i/n" in the log and in their progress lines."""
+    from hemaflow.modeling.callbacks import FitProgress
+
+    class Tuner(tuner_class):
+        def run_trial(self, trial, *args, **kwargs):
+            total = self.oracle.max_trials
+            label = f"trial {int(trial.trial_id) + 1}" + (f"/{total}" if total else "")
+            log.info("%s: %s", label, trial.hyperparameters.values)
+            for callback in kwargs.get("callbacks", []):
+                if isinstance(callback, FitProgress):
+                    callback.label = label  # each trial fits with copies of these
+            return super().run_trial(trial, *args, **kwargs)
+
+    return Tuner
+
+
 def make_tuner(hypermodel, s, config: Config, directory: str, project: str):
     import keras_tuner as kt
 
@@ -122,13 +169,15 @@ def make_tuner(hypermodel, s, config: Config, directory: str, project: str):
         distribution_strategy=s.strategy if s.strategy.num_replicas_in_sync > 1 else None,
     )
     if t.algorithm == "hyperband":
-        tuner = kt.Hyperband(hypermodel, max_epochs=trial_epochs(config), factor=3, **common)
+        tuner = _labelled(kt.Hyperband)(
+            hypermodel, max_epochs=trial_epochs(config), factor=3, **common
+        )
         # Hyperband sizes its brackets from max_epochs; the oracle's cap keeps the budget.
         tuner.oracle.max_trials = t.max_trials
         return tuner
     if t.algorithm == "bayesian":
-        return kt.BayesianOptimization(hypermodel, max_trials=t.max_trials, **common)
-    return kt.RandomSearch(hypermodel, max_trials=t.max_trials, **common)
+        return _labelled(kt.BayesianOptimization)(hypermodel, max_trials=t.max_trials, **common)
+    return _labelled(kt.RandomSearch)(hypermodel, max_trials=t.max_trials, **common)
 
 
 def trial_rows(oracle) -> list[dict[str, Any]]:
@@ -160,15 +209,28 @@ def run(data_dir: str, backbone: str, out_dir: str, config: Config) -> dict:
     worker only runs trials and returns its tuner id; the chief publishes the folder.
     """
     from hemaflow.modeling import fitting
+    from hemaflow.modeling.callbacks import FitProgress
     from hemaflow.reporting.report import Report
 
+    storage.check_output(out_dir, inputs=[data_dir])
     if config.tune.max_trials < 1:
         raise StageError("tune.max_trials: the tuner budget must be at least 1 trial")
     s = fitting.setup(data_dir, backbone, config, config.tune.train_images)
     train_ds, val_ds, _ = fitting.data(s, config.seed)
-    directory = config.tune.directory or str(fitting.default_work_dir(out_dir) / "tuner")
+    store = _tuner_store(out_dir, config)
+    if store is not None:
+        store.restore(TUNER_PART)
+    work = store.local if store is not None else fitting.default_work_dir(out_dir)
+    directory = config.tune.directory or str(work / TUNER_PART)
     tuner = make_tuner(make_hypermodel(s, config), s, config, directory, backbone)
-    tuner.search(train_ds, validation_data=val_ds, epochs=config.tune.epochs, verbose=0)
+    if store is not None:
+        _save_after_each_trial(tuner, store)
+    # One TensorBoard run per trial (LOGS/TRIAL/execution0), kept while the search continues.
+    logs = fitting.default_work_dir(out_dir) / fitting.TENSORBOARD_DIR
+    callbacks = [FitProgress(s.train_images), fitting.tensorboard(s, logs, config.seed, val_ds)]
+    tuner.search(
+        train_ds, validation_data=val_ds, epochs=config.tune.epochs, callbacks=callbacks, verbose=0
+    )
 
     tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "chief")
     if os.environ.get("KERASTUNER_ORACLE_IP") and tuner_id != "chief":
@@ -198,10 +260,14 @@ def run(data_dir: str, backbone: str, out_dir: str, config: Config) -> dict:
         report = Report(f"Tuning: {backbone}")
         report.paragraph(
             f"{len(rows)} trial(s), {config.tune.algorithm}; best val accuracy "
-            f"{best_trial.score:.4f} (trial {best_trial.trial_id})."
+            f"{best_trial.score:.4f} (trial {best_trial.trial_id}). The objective is val "
+            "accuracy; the test split and Bmk are not used here."
         )
         report.json_block(hparams)
         report.table(rows)
         report.write(staging)
+        fitting.publish_tensorboard(logs, staging)
+    if store is not None:
+        store.remove()
     log.info("%s: best val accuracy %.4f over %d trial(s)", backbone, best_trial.score, len(rows))
     return metrics

@@ -47,6 +47,9 @@ Schedule = Literal["constant", "cosine"]
 Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
 Severity = Literal[1, 2, 3, 4, 5]
 SEVERITIES: tuple[int, ...] = typing.get_args(Severity)
+#: Backbone ranking: val, val through the Bmk policy ("Bmk-val"), or their mean. Never test
+#: or Bmk, which evaluate reports on.
+Criterion = Literal["val_accuracy", "bmk_val_accuracy", "mean_accuracy"]
 
 
 class ConfigError(HemaflowError, ValueError):
@@ -171,6 +174,8 @@ class AugmentConfig:
     )
     shards: int = 4
     batch_size: int = 128
+    # Beam runner for augment and batch inference; DirectRunner runs in process (never the
+    # Prism download, see hemaflow.beam), any other name goes to Beam as given.
     runner: str = "DirectRunner"
     runner_options: list[str] = field(default_factory=list)
 
@@ -207,6 +212,9 @@ class HeadConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     backbones: list[str] = field(default_factory=lambda: ["small_cnn", "resnet_mini"])
+    # "none", "imagenet" (Keras downloads in each pod), one weights file (.h5/.keras, one
+    # backbone), or a mirror: a folder or gs:// prefix with each backbone's file under Keras's
+    # own name, filled by `hemaflow weights fetch` (for clusters without internet).
     weights: str = "none"
     head: HeadConfig = field(default_factory=HeadConfig)
     precision: Precision = "auto"
@@ -220,6 +228,8 @@ class ModelConfig:
             errors.append("backbones: name at least one backbone")
         if self.batch_size < 1:
             errors.append("batch_size: must be at least 1")
+        if not self.weights.strip():
+            errors.append("weights: say none, imagenet, a weights file or a weights mirror folder")
         return errors
 
 
@@ -227,7 +237,7 @@ class ModelConfig:
 class CompareConfig:
     epochs: int = 2
     top_k: int = 2
-    criterion: Literal["val_accuracy", "bmk_accuracy", "mean_accuracy"] = "mean_accuracy"
+    criterion: Criterion = "mean_accuracy"
     learning_rate: float = 1e-3
     train_images: int = 0  # per epoch; 0 = the whole training split, N = a fixed random N
 
@@ -312,6 +322,10 @@ class TrainConfig:
     weight_decay: float = 1e-4
     label_smoothing: float = 0.1
     unfreeze_layers: int = 20
+    # Base folder of compare's, tune's and train's checkpoints (each output gets its own
+    # folder under it): local, or gs:// (a local copy mirrored there every epoch, so a task
+    # restarted on another node resumes). Empty: beside the output; pipeline tasks set it
+    # under their output's URI.
     checkpoint_dir: str = ""
 
     def validate(self) -> list[str]:
@@ -328,12 +342,15 @@ class TrainConfig:
             errors.append("label_smoothing: must be in [0, 1)")
         if self.unfreeze_layers < -1:
             errors.append("unfreeze_layers: -1 (all), 0 (frozen) or a layer count")
-        if self.checkpoint_dir.startswith("gs://"):
-            errors.append(
-                "checkpoint_dir: must be a local or mounted path (a persistent volume; "
-                "on Vertex AI a bucket mounted at /gcs/BUCKET/...)"
-            )
+        if self.checkpoint_dir.startswith("gs://") and not _gcs_prefix(self.checkpoint_dir):
+            errors.append("checkpoint_dir: a gs:// prefix needs a bucket, as gs://BUCKET/PATH")
         return errors
+
+
+def _gcs_prefix(uri: str) -> bool:
+    """Whether a gs:// URI names a bucket (and optionally a path under it)."""
+    bucket, _, _ = uri[len("gs://") :].partition("/")
+    return bool(bucket)
 
 
 @dataclass(frozen=True)
@@ -518,11 +535,10 @@ def from_dict(raw: dict[str, Any], origin: str = "<dict>") -> Config:
     if isinstance(raw, dict):
         raw = _deep_merge(dataclasses.asdict(Config()), raw)
     config = _build(Config, raw, "", errors)
-    if not errors:
+    if config is not None:
         _validate_tree(config, "", errors)
     if errors:
-        listing = "\n  ".join(errors)
-        raise ConfigError(f"{origin}: invalid configuration:\n  {listing}")
+        raise ConfigError(f"{origin}: invalid configuration: {'; '.join(errors)}")
     return config
 
 
@@ -550,7 +566,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: configuration file not found")
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
@@ -580,21 +596,26 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 def _build(cls: type, raw: Any, where: str, errors: list[str]) -> Any:
     if not isinstance(raw, dict):
-        errors.append(f"{where or '<top>'}: expected a mapping, got {type(raw).__name__}")
+        errors.append(
+            f"{where.rstrip('.') or '<top>'}: expected a mapping, got {type(raw).__name__}"
+        )
         return None
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in names:
             errors.append(f"{where}{key}: unknown key (known: {', '.join(sorted(names))})")
+    # A key of the wrong type keeps its default, so the values of the other keys are still
+    # validated and every problem is reported at once.
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in raw:
-            kwargs[f.name] = _coerce(hints[f.name], raw[f.name], f"{where}{f.name}", errors)
+            before = len(errors)
+            value = _coerce(hints[f.name], raw[f.name], f"{where}{f.name}", errors)
+            if len(errors) == before or dataclasses.is_dataclass(value):
+                kwargs[f.name] = value
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             errors.append(f"{where}{f.name}: required key is missing")
-    if any(e.startswith(where) for e in errors) and where:
-        return None
     try:
         return cls(**kwargs)
     except TypeError as exc:

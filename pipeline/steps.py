@@ -48,6 +48,11 @@ def validate_request(config: cfg.Config) -> None:
             f"backbones: unknown backbone(s) {', '.join(map(repr, unknown))}; "
             f"known: {', '.join(known)}"
         )
+    from hemaflow.modeling import weights, zoo
+
+    # A weights file or mirror must serve every pretrained candidate (existence only).
+    pretrained = {b: zoo.backbone_spec(b) for b in backbones if zoo.is_pretrainable(b)}
+    weights.check_mirror(config.model.weights, pretrained, config.data.image_size)
 
 
 def configure(config: str) -> tuple[str, list[str]]:
@@ -63,6 +68,24 @@ def configure(config: str) -> tuple[str, list[str]]:
 def load(config: str) -> cfg.Config:
     """The config of one task, from the JSON it was handed; no profile file is read."""
     return cfg.from_json(config, origin="config")
+
+
+def checkpointed(config: str, artifact: ArtifactLike, backbone: str) -> cfg.Config:
+    """The task's config with ``train.checkpoint_dir`` keyed to this task, for resuming.
+
+    KFP names an output ``PIPELINE_ROOT/.../<task>/<output>`` (kfp.local:
+    ``root/<run>/<loop iteration>/<task>/<output>``; Kubeflow: the driver's URI for the
+    task, which its retries reuse; Vertex: ``.../<job>/<task>_<id>/<output>``): unique per
+    run and task and the same for every retry of it. The checkpoints go beside it, with the
+    backbone in the name as well, so a retried or preempted task finds its own and no
+    other task's. A configured ``train.checkpoint_dir`` is kept; a pipeline root on a
+    store hemaflow cannot write (s3://, minio://) keeps them on the pod's disk.
+    """
+    conf = load(config)
+    uri = str(artifact.uri).rstrip("/")
+    if conf.train.checkpoint_dir or not uri or ("://" in uri and not storage.is_gcs(uri)):
+        return conf
+    return conf.replace({"train.checkpoint_dir": f"{uri}.checkpoints/{backbone}"})
 
 
 def location(artifact: ArtifactLike) -> str:

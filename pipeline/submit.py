@@ -9,6 +9,7 @@ raises :class:`SubmitError` naming the endpoint and the status.
 from __future__ import annotations
 
 import contextlib
+import re
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -156,6 +157,43 @@ def vertex_job(
     )
 
 
+_TENSORBOARD = re.compile(r"(projects/[^/]+/locations/(?P<region>[^/]+)/tensorboards/)?\d+")
+_EXPERIMENT = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
+
+
+def check_tensorboard(tensorboard: str, experiment: str, region: str) -> None:
+    """Refuse a TensorBoard or experiment name that Vertex AI could only refuse later."""
+    match = _TENSORBOARD.fullmatch(tensorboard)
+    if not match:
+        raise RequestError(
+            f"--tensorboard: {tensorboard!r} is not a TensorBoard resource "
+            "(projects/PROJECT/locations/REGION/tensorboards/ID, or the numeric ID)"
+        )
+    if match["region"] and match["region"] != region:
+        raise RequestError(f"--tensorboard: {tensorboard} is not in the run's region {region}")
+    if not _EXPERIMENT.fullmatch(experiment):
+        raise RequestError(
+            f"--experiment: {experiment!r} is not a Vertex AI experiment name "
+            "(lower-case letters, digits and dashes, at most 128)"
+        )
+
+
+def vertex_experiment(
+    name: str, tensorboard: str, project: str, region: str, credentials: Any = None
+) -> Any:
+    """The Vertex AI experiment ``name`` (made if new) with ``tensorboard`` as its backing."""
+    from google.cloud import aiplatform
+
+    experiment = aiplatform.Experiment.get_or_create(
+        name, project=project, location=region, credentials=credentials
+    )
+    try:
+        experiment.assign_backing_tensorboard(tensorboard)
+    except ValueError as exc:  # backed by another TensorBoard, or one in another project
+        raise RequestError(f"--tensorboard: {exc}") from exc
+    return experiment
+
+
 def submit_vertex(
     package: str | Path,
     parameters: dict[str, Any],
@@ -168,13 +206,30 @@ def submit_vertex(
     caching: bool = True,
     labels: dict[str, str] | None = None,
     credentials: Any = None,
+    tensorboard: str | None = None,
+    experiment: str | None = None,
 ) -> Submission:
-    """Submit a Vertex AI PipelineJob; returns its resource name and console URL."""
+    """Submit a Vertex AI PipelineJob; returns its resource name and console URL.
+
+    With ``tensorboard`` the run joins ``experiment`` (default ``hemaflow``), whose backing
+    TensorBoard it becomes, so the run, its parameters and metrics sit beside that
+    TensorBoard's time series.
+    """
+    experiment = experiment or "hemaflow"
+    if tensorboard:
+        check_tensorboard(tensorboard, experiment, region)
     job = vertex_job(
         package, parameters, project, region, pipeline_root, run_name, caching, labels, credentials
     )
     with vertex_errors(f"Vertex AI ({project}/{region})"):
-        job.submit(service_account=service_account or None, network=network or None)
+        backing = (
+            vertex_experiment(experiment, tensorboard, project, region, credentials)
+            if tensorboard
+            else None
+        )
+        job.submit(
+            service_account=service_account or None, network=network or None, experiment=backing
+        )
     name = job.resource_name
     job_id = name.rsplit("/", 1)[-1]
     url = (
@@ -209,6 +264,8 @@ def submit(
     from hemaflow.pipeline import dag
 
     check_request(config, backend, options.get("pipeline_root"))
+    if backend != "vertex" and options.pop("tensorboard", None):
+        raise RequestError("--tensorboard: a Vertex AI TensorBoard needs --backend vertex")
     parameters = dag.parameters(config)
     with tempfile.TemporaryDirectory(prefix="hemaflow-submit-") as tmp:
         path = prepare_package(config, backend, package, Path(tmp))

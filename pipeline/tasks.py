@@ -85,7 +85,8 @@ def compare(
     from hemaflow.pipeline import steps
 
     out = steps.location(result)
-    scores = stage.run(steps.location(data), backbone, out, steps.load(config))
+    conf = steps.checkpointed(config, result, backbone)
+    scores = stage.run(steps.location(data), backbone, out, conf)
     steps.log_metrics(metrics, scores)
     return steps.json_safe(scores)
 
@@ -113,7 +114,8 @@ def tune(
     from hemaflow.components import tune as stage
     from hemaflow.pipeline import steps
 
-    best = stage.run(steps.location(data), backbone, steps.location(hparams), steps.load(config))
+    conf = steps.checkpointed(config, hparams, backbone)
+    best = stage.run(steps.location(data), backbone, steps.location(hparams), conf)
     steps.log_metrics(metrics, best)
 
 
@@ -134,7 +136,7 @@ def train(
         backbone,
         steps.location(hparams),
         steps.location(model),
-        steps.load(config),
+        steps.checkpointed(config, model, backbone),
     )
     model.metadata["backbone"] = backbone
     steps.log_metrics(metrics, result)

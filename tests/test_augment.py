@@ -12,6 +12,7 @@ from PIL import Image
 
 from hemaflow.config import AugFamily, AugmentPolicy, load_config
 from hemaflow.data import dataset, tfrecords
+from tests.helpers import mark_complete
 
 SIZE = 32
 TRAIN_PER_CLASS = (7, 6, 5, 4, 3, 2, 2, 1)  # imbalanced on purpose
@@ -54,7 +55,7 @@ def make_dataset(
             "source": str(pbc128_root),
         },
     )
-    return root
+    return mark_complete(root)
 
 
 def small_config(**overrides):
@@ -204,6 +205,7 @@ def test_manifest_and_exact_class_balance(out):
         "val": 16,
         "test": 16,
         "bmk": 16,
+        "bmk_val": 16,
     }
     assert summary["totals"] == manifest["totals"]
     # Every shard named in the manifest exists; train has augment.shards of them.
@@ -268,10 +270,11 @@ def test_val_and_test_are_unaugmented(out, ds, split):
 
 
 @pytest.mark.slow
-def test_bmk_is_the_test_split_augmented(out, ds):
+@pytest.mark.parametrize(("split", "source"), [("bmk", "test"), ("bmk_val", "val")])
+def test_bmk_splits_are_their_source_augmented(out, ds, split, source):
     folder, _ = out
-    bmk, soft, ids = read_split(folder, "bmk")
-    test = dataset.load_split(ds, "test")
+    bmk, soft, ids = read_split(folder, split)
+    test = dataset.load_split(ds, source)
     by_id = {str(i): k for k, i in enumerate(test.ids)}
     assert all(i.endswith("#bmk") for i in ids) and len(ids) == len(test)
     rows = [by_id[i[: -len("#bmk")]] for i in ids]

@@ -18,7 +18,9 @@ def test_compare_backbone_reports_every_key(pbc_tfrecords, tmp_path):
     for key in compare.RESULT_KEYS:
         assert key in result, key
     assert result["backbone"] == "small_cnn"
-    assert 0.0 <= result["val_accuracy"] <= 1.0 and 0.0 <= result["bmk_accuracy"] <= 1.0
+    assert 0.0 <= result["val_accuracy"] <= 1.0
+    # pbc_tfrecords has no bmk_val split (an older folder): no Bmk-val score, and never Bmk.
+    assert result["bmk_val_accuracy"] is None and "bmk_accuracy" not in result
     assert result["params"] > 10_000
     assert result["train_images_per_s"] > 0 and result["infer_images_per_s"] > 0
     assert result["precision"] in ("float32", "mixed_bfloat16")
@@ -35,17 +37,27 @@ def test_compare_unknown_backbone_fails_before_writing(pbc_tfrecords, tmp_path):
 
 
 RESULTS = [
-    {"backbone": "a", "val_accuracy": 0.90, "bmk_accuracy": 0.70, "params": 10},
-    {"backbone": "b", "val_accuracy": 0.85, "bmk_accuracy": 0.85, "params": 20},
-    {"backbone": "c", "val_accuracy": 0.80, "bmk_accuracy": 0.60, "params": 5},
-    {"backbone": "d", "val_accuracy": 0.85, "bmk_accuracy": 0.85, "params": 8},
+    {"backbone": "a", "val_accuracy": 0.90, "bmk_val_accuracy": 0.70, "params": 10},
+    {"backbone": "b", "val_accuracy": 0.85, "bmk_val_accuracy": 0.85, "params": 20},
+    {"backbone": "c", "val_accuracy": 0.80, "bmk_val_accuracy": 0.60, "params": 5},
+    {"backbone": "d", "val_accuracy": 0.85, "bmk_val_accuracy": 0.85, "params": 8},
 ]
+
+
+def test_criteria_are_the_configs_choices():
+    import typing
+
+    from hemaflow.config import CompareConfig
+
+    hint = typing.get_type_hints(CompareConfig)["criterion"]
+    assert typing.get_args(hint) == compare.CRITERIA
+    assert not any(c == "bmk_accuracy" or "test" in c for c in compare.CRITERIA)
 
 
 def test_select_top_k_by_each_criterion():
     assert compare.select_top_k(RESULTS, 1, "val_accuracy") == ["a"]
-    # b and d tie on bmk: the smaller model wins.
-    assert compare.select_top_k(RESULTS, 2, "bmk_accuracy") == ["d", "b"]
+    # b and d tie on bmk_val: the smaller model wins.
+    assert compare.select_top_k(RESULTS, 2, "bmk_val_accuracy") == ["d", "b"]
     assert compare.select_top_k(RESULTS, 3, "mean_accuracy") == ["d", "b", "a"]
     assert compare.select_top_k(RESULTS, 4, "val_accuracy")[-1] == "c"
 
@@ -57,10 +69,20 @@ def test_select_top_k_errors():
         compare.select_top_k(RESULTS, 1, "f1")
     with pytest.raises(ValueError, match="at least 1"):
         compare.select_top_k(RESULTS, 0, "val_accuracy")
-    no_bmk = [{"backbone": "a", "val_accuracy": 0.9, "bmk_accuracy": None}]
-    assert compare.select_top_k(no_bmk, 1, "mean_accuracy") == ["a"]
-    with pytest.raises(ValueError, match="bmk_accuracy"):
-        compare.select_top_k(no_bmk, 1, "bmk_accuracy")
+    with pytest.raises(ValueError, match="no val_accuracy"):
+        compare.select_top_k([{"backbone": "a", "bmk_val_accuracy": 0.9}], 1, "mean_accuracy")
+
+
+def test_without_bmk_val_every_criterion_ranks_on_val(caplog):
+    # Results from a TFRecord folder without bmk_val (older augment); b's Bmk-val is ignored
+    # too, so every candidate is measured the same way.
+    results = [
+        {"backbone": "a", "val_accuracy": 0.9, "bmk_val_accuracy": None},
+        {"backbone": "b", "val_accuracy": 0.8, "bmk_val_accuracy": 1.0},
+    ]
+    for criterion in compare.CRITERIA:
+        assert compare.select_top_k(results, 1, criterion) == ["a"]
+    assert "ranking every backbone on val_accuracy" in caplog.text
 
 
 def test_train_images_budget_is_a_fixed_sample_reshuffled_each_epoch(pbc_tfrecords):

@@ -44,6 +44,19 @@ def test_wrong_type_and_impossible_value_are_both_listed(tmp_path: Path):
         cfg.load_config(path=path)
     message = str(err.value)
     assert "data.image_size: expected int, got 'big'" in message
+    assert "train.epochs: must be at least 1" in message
+    assert str(path) in message and "\n" not in message
+
+
+def test_a_wrong_type_hides_no_impossible_value_in_the_same_section(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data:\n  image_size: big\n  split:\n    val: 2\ntune: 5\n")
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.load_config(path=path)
+    message = str(err.value)
+    assert "data.image_size: expected int" in message
+    assert "data.split.val: must be between 0 and 1" in message
+    assert "tune: expected a mapping, got int" in message
 
 
 def test_impossible_value(tmp_path: Path):

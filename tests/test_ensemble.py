@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hemaflow.config import CLASS_NAMES, load_config
-from tests.helpers import SIZE, load_pbc_arrays, train_tiny, write_dataset
+from tests.helpers import SIZE, load_pbc_arrays, mark_complete, train_tiny, write_dataset
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def members(pbc128_root, tmp_path_factory):
         model, history = train_tiny(train[0], train[1], epochs=epochs, seed=seed, width=width)
         folder = tmp_path_factory.mktemp(f"member{seed}")
         export_model(model, folder, list(CLASS_NAMES), SIZE, {"backbone": f"tiny{seed}"})
-        dirs.append(str(folder))
+        dirs.append(str(mark_complete(folder)))
     return data_dir, dirs, val
 
 
@@ -161,6 +161,7 @@ def test_ensemble_rejects_mismatched_members(members, tmp_path):
     wrong.mkdir()
     first = Path(dirs[0])
     (wrong / "model.keras").write_bytes((first / "model.keras").read_bytes())
+    mark_complete(wrong)
     manifest = json.loads((first / "manifest.json").read_text())
     (wrong / "manifest.json").write_text(json.dumps({**manifest, "class_names": ["a"] * 8}))
     with pytest.raises(ValueError, match="member classes"):

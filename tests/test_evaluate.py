@@ -11,6 +11,7 @@ from hemaflow.config import CLASS_NAMES, load_config
 from tests.helpers import (
     SIZE,
     load_pbc_arrays,
+    mark_complete,
     train_tiny,
     write_dataset,
     write_tfrecord_folder,
@@ -29,6 +30,7 @@ def setup(pbc128_root, tmp_path_factory):
     export_model(
         model, model_dir, list(CLASS_NAMES), SIZE, {"backbone": "tiny", "history": history}
     )
+    mark_complete(model_dir)
     records = write_tfrecord_folder(tmp_path_factory.mktemp("records"), {"test": test, "bmk": bmk})
     data = write_dataset(tmp_path_factory.mktemp("data"), {"test": test})
     return model, model_dir, records, data, test

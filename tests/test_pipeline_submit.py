@@ -22,6 +22,7 @@ from hemaflow.pipeline.submit import SubmitError, submit
 from hemaflow.config import ConfigError, from_json, load_config
 
 QUICK = {"pipeline.pipeline_root": "gs://bucket/root"}
+VERTEX = "--backend vertex --project p --pipeline-root gs://b/r"
 
 
 class Recorder:
@@ -212,6 +213,12 @@ def test_unreachable_endpoint_is_a_clear_error(package, capsys):
         (["--pipeline-root", "/local/dir"], "not a gs://"),
         (["--backend", "vertex", "--project", "p", "--region", "r"], "gs:// pipeline root"),
         (["--backend", "vertex"], "--project and --region required"),
+        (["--tensorboard", "projects/p/locations/r/tensorboards/1"], "needs --backend vertex"),
+        (
+            f"{VERTEX} --region us-east1 --tensorboard projects/p/locations/r/tensorboards/1".split(),
+            "not in the run's region us-east1",
+        ),
+        (f"{VERTEX} --region r --tensorboard my-board".split(), "is not a TensorBoard resource"),
     ],
 )
 def test_bad_input_is_refused_before_anything_is_sent(kfp_server, capsys, args, message):
@@ -331,6 +338,105 @@ def test_vertex_refusal_is_a_clear_error(vertex, vertex_package):
             pipeline_root="gs://bucket/root",
             credentials=vertex["credentials"],
         )
+
+
+TENSORBOARD = "projects/my-proj/locations/europe-west4/tensorboards/123"
+
+
+@pytest.fixture
+def vertex_metadata(vertex, monkeypatch):
+    """Vertex AI Experiments and TensorBoard behind the GAPIC clients: contexts kept in memory."""
+    from google.api_core import exceptions as gexc
+    from google.cloud import aiplatform_v1, aiplatform_v1beta1
+
+    contexts: dict[str, Any] = {}
+
+    def get_metadata_store(self, request=None, *, name=None, **kwargs):
+        return _module(self).MetadataStore(name=name)
+
+    def get_context(self, request=None, *, name=None, **kwargs):
+        if name not in contexts:
+            raise gexc.NotFound(name)
+        return contexts[name]
+
+    def create_context(self, request=None, *, parent=None, context=None, context_id=None, **kw):
+        made = type(context)(context)
+        made.name = f"{parent}/contexts/{context_id}"
+        contexts[made.name] = made
+        vertex["requests"].append(("create_context", made))
+        return made
+
+    def update_context(self, request=None, *, context=None, **kwargs):
+        contexts[context.name] = context
+        vertex["requests"].append(("update_context", context))
+        return context
+
+    def add_context_children(self, request=None, *, context=None, child_contexts=None, **kw):
+        vertex["requests"].append(("add_context_children", context, list(child_contexts)))
+        return _module(self).AddContextChildrenResponse()
+
+    def get_tensorboard(self, request=None, *, name=None, **kwargs):
+        return _module(self).Tensorboard(name=name, display_name="runs")
+
+    def get_pipeline_job(self, request=None, *, name=None, **kwargs):
+        module = _module(self)
+        job = module.PipelineJob(name=name, state=module.PipelineState.PIPELINE_STATE_RUNNING)
+        job.job_detail.pipeline_run_context.name = f"{name.split('/pipelineJobs/')[0]}/run-ctx"
+        return job
+
+    for module in (aiplatform_v1, aiplatform_v1beta1):
+        for name, fake in {
+            "get_metadata_store": get_metadata_store,
+            "get_context": get_context,
+            "create_context": create_context,
+            "update_context": update_context,
+            "add_context_children": add_context_children,
+        }.items():
+            monkeypatch.setattr(module.MetadataServiceClient, name, fake)
+        monkeypatch.setattr(module.TensorboardServiceClient, "get_tensorboard", get_tensorboard)
+        monkeypatch.setattr(module.PipelineServiceClient, "get_pipeline_job", get_pipeline_job)
+    return vertex
+
+
+def _module(client):
+    from google.cloud import aiplatform_v1, aiplatform_v1beta1
+
+    return aiplatform_v1beta1 if "v1beta1" in type(client).__module__ else aiplatform_v1
+
+
+def test_vertex_run_joins_an_experiment_backed_by_the_tensorboard(
+    vertex_metadata, vertex_package, capsys, monkeypatch
+):
+    import google.auth
+
+    vertex = vertex_metadata
+    monkeypatch.setattr(google.auth, "default", lambda *a, **k: (vertex["credentials"], "my-proj"))
+    code = main(
+        ["submit", "--backend", "vertex", "--package", str(vertex_package),
+         "--project", "my-proj", "--region", "europe-west4", "--pipeline-root",
+         "gs://bucket/root", "--run-name", "r2", "--experiment", "cells",
+         "--tensorboard", TENSORBOARD]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    kinds = [r[0] if isinstance(r, tuple) else "create_pipeline_job" for r in vertex["requests"]]
+    assert kinds == [
+        "create_context",
+        "update_context",
+        "create_pipeline_job",
+        "add_context_children",
+    ]
+    _, experiment = vertex["requests"][0]
+    assert (
+        experiment.name
+        == "projects/my-proj/locations/europe-west4/metadataStores/default/contexts/cells"
+    )
+    assert experiment.schema_title == "system.Experiment"
+    _, backed = vertex["requests"][1]
+    assert backed.metadata["backing_tensorboard_resource"] == TENSORBOARD
+    job = vertex["requests"][2].pipeline_job
+    assert vertex["requests"][2].pipeline_job_id == "r2" and job.runtime_config.parameter_values
+    _, parent, children = vertex["requests"][3]
+    assert parent == experiment.name and children[0].endswith("/run-ctx")
 
 
 def test_vertex_schedule_request(vertex, vertex_package):

@@ -11,7 +11,7 @@ import pytest
 from hemaflow.pipeline.cli import main
 
 from hemaflow.config import CLASS_NAMES
-from tests.helpers import SIZE, load_pbc_arrays, train_tiny, write_dataset
+from tests.helpers import SIZE, load_pbc_arrays, mark_complete, train_tiny, write_dataset
 
 QUICK = [
     "--set",
@@ -29,7 +29,7 @@ def model_dir(pbc128_root, tmp_path_factory):
     model, _ = train_tiny(images, labels)
     folder = tmp_path_factory.mktemp("model")
     export_model(model, folder, list(CLASS_NAMES), SIZE, {"backbone": "tiny"})
-    return folder
+    return mark_complete(folder)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import pytest
 
 from hemaflow.config import load_config
 from hemaflow.modeling import fitting
+from tests.helpers import mark_complete
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,7 +50,10 @@ def test_train_exports_a_model_that_beats_chance(pbc_tfrecords, tmp_path):
     ds = tfrecords.read_dataset(pbc_tfrecords, "bmk", 8, 32, batch_size=64)
     accuracy = fitting.evaluate_accuracy(model, ds)
     assert accuracy > 0.3, accuracy
-    assert abs(metrics["bmk_accuracy"] - accuracy) < 1e-6
+    # train reports val (and Bmk-val, absent from this older folder), never Bmk.
+    val = tfrecords.read_dataset(pbc_tfrecords, "val", 8, 32, batch_size=64)
+    assert abs(metrics["val_accuracy"] - fitting.evaluate_accuracy(model, val)) < 1e-6
+    assert metrics["bmk_val_accuracy"] is None and "bmk_accuracy" not in metrics
     assert not fitting.default_work_dir(str(out)).exists()  # checkpoints cleaned up
     assert json.loads((out / "metrics.json").read_text()) == metrics
 
@@ -149,13 +153,16 @@ def test_optimizers_and_schedule():
 def test_bad_data_folders_are_named(pbc_tfrecords, tmp_path):
     from hemaflow.components import train
 
+    nothing = tmp_path / "nothing"
+    nothing.mkdir()
     with pytest.raises(FileNotFoundError, match="manifest.json"):
-        train.run(str(tmp_path), "small_cnn", "", str(tmp_path / "m"), _config())
+        train.run(str(nothing), "small_cnn", "", str(tmp_path / "m"), _config())
     empty = tmp_path / "empty"
     empty.mkdir()
     manifest = json.loads((pbc_tfrecords / "manifest.json").read_text())
     manifest["counts"]["val"] = {name: 0 for name in manifest["class_names"]}
     (empty / "manifest.json").write_text(json.dumps(manifest))
+    mark_complete(empty)
     with pytest.raises(ValueError, match="split 'val' is empty"):
         train.run(str(empty), "small_cnn", "", str(tmp_path / "m"), _config())
     assert not (tmp_path / "m").exists()
@@ -180,4 +187,11 @@ def test_work_dir_is_stable_and_unique_per_output(tmp_path):
     b = fitting.default_work_dir("gs://b/run2/model", shared)
     assert a != b and a.parent == b.parent == tmp_path / "ckpt"
     with pytest.raises(ConfigError, match="checkpoint_dir"):
-        load_config("quickstart", overrides={"train.checkpoint_dir": "gs://bucket/ckpt"})
+        load_config("quickstart", overrides={"train.checkpoint_dir": "gs:///ckpt"})
+
+
+def test_checkpoint_dir_may_be_gs_and_gives_a_mirrored_store(tmp_path):
+    config = load_config("quickstart", overrides={"train.checkpoint_dir": "gs://bucket/ckpt"})
+    store = fitting.checkpoint_store("gs://b/run/model", config.train.checkpoint_dir)
+    assert store.remote.startswith("gs://bucket/ckpt/model-")
+    assert fitting.default_work_dir("gs://b/run/model", "gs://bucket/ckpt") == store.local

@@ -10,7 +10,6 @@ phases that already finished.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -23,6 +22,7 @@ from typing import Any
 from hemaflow import storage
 from hemaflow.config import Config, ConfigError, HeadConfig, Optimizer, Schedule, TrainConfig
 from hemaflow.errors import HemaflowError
+from hemaflow.modeling import checkpoints
 from hemaflow.storage import MANIFEST
 
 log = logging.getLogger(__name__)
@@ -312,28 +312,33 @@ def compile_model(
 # --------------------------------------------------------------------------- callbacks
 
 
-def throughput_callback(images_per_epoch: int):
-    """Logs each epoch's metrics and training images/s (kept in ``.rates``)."""
-    import keras
+#: The folder of a compare, tune or train output (and of its work folder) with event files.
+TENSORBOARD_DIR = "tensorboard"
+SAMPLE_IMAGES = 16
 
-    class Throughput(keras.callbacks.Callback):
-        def __init__(self) -> None:
-            super().__init__()
-            self.rates: list[float] = []
-            self._start = 0.0
 
-        def on_epoch_begin(self, epoch, logs=None):
-            self._start = time.perf_counter()
+def tensorboard(s: Setup, log_dir: Path, seed: int, val_ds=None):
+    """The TensorBoard callback of a fit of ``s`` writing into ``log_dir``.
 
-        def on_epoch_end(self, epoch, logs=None):
-            seconds = time.perf_counter() - self._start
-            self.rates.append(images_per_epoch / max(seconds, 1e-9))
-            shown = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()))
-            log.info(
-                "epoch %d: %s (%.0f s, %.1f images/s)", epoch + 1, shown, seconds, self.rates[-1]
-            )
+    It shows the first :data:`SAMPLE_IMAGES` training images with this fit's augmentation;
+    with ``val_ds`` it also writes the val confusion matrix when the fit ends.
+    """
+    import numpy as np
 
-    return Throughput()
+    from hemaflow.modeling import callbacks
+
+    ds = dataset(s.info, "train", SAMPLE_IMAGES, True, seed, max_images=SAMPLE_IMAGES)
+    images, labels = next(iter(ds))
+    sample = (np.asarray(images), np.asarray(labels))
+    return callbacks.TensorBoard(log_dir, s.train_images, s.info.class_names, sample, val_ds)
+
+
+def publish_tensorboard(log_root: Path, staging: Path) -> None:
+    """Copy the event files under ``log_root`` into the output being staged."""
+    import shutil
+
+    if Path(log_root).is_dir():
+        shutil.copytree(log_root, Path(staging) / TENSORBOARD_DIR, dirs_exist_ok=True)
 
 
 def read_csv_history(path: Path) -> dict[str, list[float]]:
@@ -362,14 +367,24 @@ def run_phase(
     train_images: int,
     patience: int = 0,
     extra_callbacks: list | None = None,
+    tensorboard=None,
+    store: checkpoints.Store | None = None,
 ) -> dict[str, Any]:
     """One resumable ``fit`` of ``model`` (compiled) for ``epochs`` epochs in ``work_dir/name``.
 
     Returns ``{"history": columns, "rates": images/s per epoch, "resumed_from": epoch}``.
     A phase whose ``done.json`` exists is not rerun: its final weights are loaded instead.
+    ``tensorboard`` (a :func:`tensorboard` callback) also gets the val confusion matrix of
+    the best weights, the ones the phase keeps. With a ``store`` whose local folder is
+    ``work_dir``, the phase folder is pulled from its gs:// mirror first and pushed back
+    after every epoch and at the end, so a task restarted on another node resumes too.
     """
     import keras
 
+    from hemaflow.modeling import callbacks as hf_callbacks
+
+    if store is not None:
+        store.restore(name)
     folder = Path(work_dir) / name
     folder.mkdir(parents=True, exist_ok=True)
     done = folder / "done.json"
@@ -388,7 +403,7 @@ def run_phase(
         log.info("phase %s: resuming from checkpoint at epoch %d", name, resumed_from)
     best = folder / "best.weights.h5"
     earlier = read_csv_history(csv_path).get("val_accuracy", [])
-    throughput = throughput_callback(train_images)
+    progress = hf_callbacks.FitProgress(train_images)
     callbacks = [
         keras.callbacks.BackupAndRestore(str(backup), save_freq="epoch", delete_checkpoint=True),
         keras.callbacks.CSVLogger(str(csv_path), append=True),
@@ -400,20 +415,28 @@ def run_phase(
             save_weights_only=True,
             initial_value_threshold=max(earlier) if earlier and best.exists() else None,
         ),
-        throughput,
+        progress,
+        *([tensorboard] if tensorboard is not None else []),
         *(extra_callbacks or []),
     ]
     if patience:
         callbacks.append(
             keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience)
         )
+    if store is not None:
+        callbacks.append(store.callback(name))  # last: after every writer of this epoch
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=0)
     if best.exists():
         model.load_weights(best)
     model.save_weights(final_weights)
-    summary = {"resumed_from": resumed_from, "rates": throughput.rates}
+    history = read_csv_history(csv_path)
+    if tensorboard is not None:
+        tensorboard.write_confusion_matrix(model, val_ds, max(len(history.get("loss", [])) - 1, 0))
+    summary = {"resumed_from": resumed_from, "rates": progress.rates}
     storage.write_text_atomic(done, json.dumps(summary))
-    return {**summary, "history": read_csv_history(csv_path)}
+    if store is not None:
+        store.save(name)
+    return {**summary, "history": history}
 
 
 def evaluate_accuracy(model, ds) -> float:
@@ -449,20 +472,34 @@ def steps_per_epoch(images: int, batch_size: int) -> int:
 def default_work_dir(out_dir: str, configured: str = "") -> Path:
     """A stable local work folder for checkpoints: configured, or beside ``out_dir``.
 
-    A re-run with the same ``out_dir`` finds the same folder and resumes. For gs:// outputs
-    the default lives in the local cache, which a rescheduled pod does not see: on a cluster
-    set ``train.checkpoint_dir`` to a persistent volume or, on Vertex AI, to the bucket's
-    Cloud Storage FUSE mount (/gcs/BUCKET/...), so a preempted node loses at most one epoch.
+    A re-run with the same ``out_dir`` finds the same folder and resumes. A gs://
+    ``configured`` base gives the local working copy of that output's prefix under it (see
+    :func:`checkpoint_store`). Without one, a gs:// output's folder lives in the local
+    cache, which a rescheduled pod does not see.
     """
     if configured:
         # One base folder serves every task of a pipeline: each output gets its own.
-        digest = hashlib.sha1(str(out_dir).encode()).hexdigest()[:12]
-        return Path(configured).expanduser() / f"{Path(str(out_dir).rstrip('/')).name}-{digest}"
+        key = checkpoints.task_key(out_dir)
+        if storage.is_gcs(configured):
+            return checkpoints.working_copy(storage.join(configured, key))
+        return Path(configured).expanduser() / key
     if storage.is_gcs(out_dir):
         bucket, name = storage.split_gcs(out_dir)
         return storage.cache_root() / "work" / bucket / name
     final = Path(out_dir).expanduser().resolve()
     return final.with_name(f".{final.name}.work")
+
+
+def checkpoint_store(out_dir: str, configured: str = "") -> checkpoints.Store:
+    """The checkpoint store of ``out_dir``: its work folder, mirrored when ``configured`` is gs://.
+
+    On a cluster the pipeline sets ``configured`` under the task's output URI, so a retry
+    of the task (on this node or another) finds the checkpoints and no other task does.
+    """
+    remote = storage.join(configured, checkpoints.task_key(out_dir))
+    return checkpoints.Store(
+        default_work_dir(out_dir, configured), remote if storage.is_gcs(configured) else ""
+    )
 
 
 # --------------------------------------------------------------------------- stage setup
@@ -487,10 +524,15 @@ def setup(data_dir: str, backbone: str, config: Config, max_train_images: int = 
 
     ``max_train_images`` > 0 caps the training images per epoch (see :func:`dataset`).
     """
+    import keras
+
     from hemaflow.modeling import distribute, precision, zoo
 
     zoo.backbone_spec(backbone)  # an unknown name fails before any data is read
     info = read_data_info(data_dir)
+    # Initial weights, dropout masks and trial models follow the config's seed, so the same
+    # data and config give the same choices and the same fitted model.
+    keras.utils.set_random_seed(config.seed)
     for split in ("train", "val"):
         split_size(info, split)
     strategy = distribute.get_strategy()
@@ -546,17 +588,32 @@ def compile_phase(s: Setup, model, hp: Hparams, learning_rate: float, epochs: in
         compile_model(model, optimizer, hp.label_smoothing, s.jit_compile)
 
 
+#: The randomized-augmentation copy of val that selection may use beside val.
+BMK_VAL = "bmk_val"
+
+
 def data(s: Setup, seed: int):
-    """(train, val, bmk or None) datasets at the global batch size."""
+    """(train, val, bmk_val or None) datasets at the global batch size.
+
+    Never test or Bmk: every choice the model stages make sees train and val only, so the
+    test figures evaluate reports stay out of sample. A folder written before augment made
+    ``bmk_val`` gives None, and selection falls back to val.
+    """
+    from hemaflow.data import tfrecords
+
     train_ds = dataset(
         s.info, "train", s.batch_size, train=True, seed=seed, max_images=s.train_images
     )
     val_ds = dataset(s.info, "val", s.batch_size)
-    from hemaflow.data import tfrecords
-
-    has_bmk = tfrecords.has_split(s.info.data_dir, "bmk")
-    bmk_ds = dataset(s.info, "bmk", s.batch_size) if has_bmk else None
-    return train_ds, val_ds, bmk_ds
+    if not tfrecords.has_split(s.info.data_dir, BMK_VAL):
+        log.warning(
+            "%s: no %s split (written by an older augment): Bmk-val is not scored and "
+            "criteria that use it fall back to val_accuracy",
+            s.info.data_dir,
+            BMK_VAL,
+        )
+        return train_ds, val_ds, None
+    return train_ds, val_ds, dataset(s.info, BMK_VAL, s.batch_size)
 
 
 def steady_rate(rates: list[float]) -> float:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+import sys
+from typing import TextIO
 
 from hemaflow.pipeline.commands._common import add_config_options, config_from_args
-from hemaflow.pipeline.runners import RUNNERS
+from hemaflow.pipeline.runners import RUNNERS, TaskRun
+
+from hemaflow.reporting.runpage import duration
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,13 +39,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from hemaflow.pipeline.runners import run_local
 
+    from hemaflow import storage
+
+    for root in (args.out, args.pipeline_root):
+        if root:
+            storage.check_output(root, "root", inputs=[args.data, args.config])
     config = config_from_args(args, **{"data.source": args.data})
+    verbose = bool(getattr(args, "verbose", False))
+    console = None if verbose else Console(sys.stdout)
+    if console is not None:
+        console.line(
+            f"hemaflow run: {config.profile} profile, {args.runner} runner "
+            "(-v shows every task's output)"
+        )
     result = run_local(
         config,
         runner=args.runner,
         out=args.out,
         pipeline_root=args.pipeline_root,
         caching=not args.no_cache,
+        observer=console,
+        verbose=verbose,
     )
     shown = ("accuracy", "balanced_accuracy", "bmk_accuracy", "corrupted_accuracy", "ece")
     numbers = ", ".join(
@@ -48,10 +67,72 @@ def run(args: argparse.Namespace) -> int:
         for k in shown
         if isinstance(result.metrics.get(k), int | float)
     )
-    print(f"hemaflow run finished ({config.profile}): {numbers}")
-    print(f"  pipeline root: {result.pipeline_root}")
+    print(f"hemaflow run finished ({config.profile}) in {duration(result.seconds)}: {numbers}")
+    if result.page is not None:
+        print(f"  run page:      {result.page}")
     print(f"  model:         {result.copied.get('model', result.model)}")
     print(f"  report:        {result.copied.get('report', result.report)}")
     if "metrics" in result.copied:
         print(f"  metrics:       {result.copied['metrics']}")
+    if result.logs is not None:
+        print(f"  logs:          {result.logs}")
+    print(f"  pipeline root: {result.pipeline_root}")
+    if result.tensorboard is not None:
+        print(f"  tensorboard:   tensorboard --logdir {result.tensorboard}")
     return 0
+
+
+class Console:
+    """What a quiet run shows: a line as each task starts and ends, a live line meanwhile.
+
+    The live line (the running tasks' latest progress) is drawn only on a terminal; a log
+    or a pipe gets the task lines alone.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.live = bool(getattr(stream, "isatty", lambda: False)())
+        self._running: dict[int, TaskRun] = {}
+        self._drawn = False
+
+    def line(self, text: str) -> None:
+        self._clear()
+        self.stream.write(text + "\n")
+        self._draw()
+
+    def task_started(self, task: TaskRun) -> None:
+        self._running[id(task)] = task
+        self.line(f"  start   {task.label}")
+
+    def task_progress(self, task: TaskRun) -> None:
+        self._clear()
+        self._draw()
+
+    def task_finished(self, task: TaskRun) -> None:
+        self._running.pop(id(task), None)
+        state = "cached" if task.state == "cached" else "done"
+        time_taken = "" if state == "cached" else duration(task.seconds)
+        self.line(f"  {state:<7} {task.label:<26} {time_taken:>10}  {task.headline}".rstrip())
+
+    def task_failed(self, task: TaskRun, tail: list[str]) -> None:
+        self._running.pop(id(task), None)
+        self.line(f"  FAILED  {task.label:<26} {duration(task.seconds):>10}")
+        for text in tail[-12:]:
+            self.line(f"          | {text}")
+        if task.log is not None:
+            self.line(f"          log: {task.log}")
+
+    def _draw(self) -> None:
+        if not self.live or not self._running:
+            self.stream.flush()
+            return
+        width = shutil.get_terminal_size((100, 20)).columns - 1
+        parts = [f"{t.label}: {t.progress or 'running'}" for t in self._running.values()]
+        self.stream.write(("  ... " + " | ".join(parts))[:width])
+        self.stream.flush()
+        self._drawn = True
+
+    def _clear(self) -> None:
+        if self._drawn:
+            self.stream.write("\r\033[K")
+            self._drawn = False

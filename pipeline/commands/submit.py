@@ -19,6 +19,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_options(parser)
     add_backend_options(parser)
     parser.add_argument("--run-name", help="name of the run (default: generated)")
+    parser.add_argument(
+        "--tensorboard",
+        metavar="RESOURCE",
+        help="Vertex AI only: a TensorBoard (projects/P/locations/R/tensorboards/ID); the run "
+        "joins the experiment named by --experiment, backed by this TensorBoard",
+    )
     parser.set_defaults(func=run)
 
 
@@ -28,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
     config = run_config(args)
     options = run_options(args)
     options["run_name"] = args.run_name
+    if args.tensorboard:
+        options.update(tensorboard=args.tensorboard, experiment=args.experiment)
     result = submit(
         config, args.backend, package=args.package, caching=not args.no_cache, **options
     )
