@@ -1,4 +1,4 @@
-"""``hemaflow compare``: a few epochs of one candidate backbone, scored on val and Bmk."""
+"""``hemaflow compare``: a few epochs of one candidate backbone, scored on val and Bmk-val."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from hemaflow.pipeline.commands._common import (
 DESCRIPTION = """\
 Train one backbone for compare.epochs on a TFRecord folder from `hemaflow augment`: the
 head only (frozen backbone) with pretrained model.weights, the whole network from scratch
-without. Writes metrics.json (val and Bmk accuracy, parameters, training and inference
+without. Writes metrics.json (val and Bmk-val accuracy, parameters, training and inference
 images/s, dtype policy, history) and report.html to --out. Run it once per candidate (a pipeline
 runs them in parallel) and pick the best with compare.top_k and compare.criterion."""
 
