@@ -189,6 +189,10 @@ def build_report(
         ["set", "count", "accuracy", "balanced_accuracy", "macro_f1", "ece", "log_loss"],
     )
     page.paragraph(body["inference"])
+    if body["model"].get("members"):
+        page.paragraph("Ensemble members: " + ", ".join(map(str, body["model"]["members"])) + ".")
+    for name, note in (body.get("weights_fallback") or {}).items():
+        page.paragraph(f"PREFLIGHT ONLY: {name}: {note}; these figures say nothing about it.")
     page.heading("Per class (test)")
     page.table([{"class": k, **v} for k, v in body["per_class"].items()])
     page.figure(
@@ -286,6 +290,32 @@ def build_report(
 # --------------------------------------------------------------------------- stage
 
 
+def weights_fallback_notes(model_manifest: dict[str, Any], config: Config) -> dict[str, str]:
+    """Backbone -> why its pretrained weights were replaced by random initialisation.
+
+    Only a preflight allows the fallback (``model.weights_fallback: random``); its figures
+    then say nothing about the recipe, so every report must say so. An ensemble member's
+    note is in its own manifest; where that cannot be read, the config's permission is
+    reported instead of a silent "none".
+    """
+    if config.model.weights_fallback != "random":
+        return {}
+    from hemaflow.modeling import loading
+
+    notes = {}
+    for member in model_manifest.get("members") or [model_manifest]:
+        name = str(member.get("backbone") or member.get("path") or "model")
+        info = member
+        if "weights_fallback" not in member and member.get("path"):
+            try:
+                info = loading.read_model_manifest(member["path"])
+            except Exception:  # a member folder no longer reachable from here
+                info = {"weights_fallback": "unknown (member manifest unreadable)"}
+        if info.get("weights_fallback"):
+            notes[name] = str(info["weights_fallback"])
+    return notes
+
+
 def evaluate_loaded(
     model,
     model_manifest: dict[str, Any],
@@ -314,7 +344,9 @@ def evaluate_loaded(
             ),
             "path": model_manifest.get("path", ""),
             "image_size": model_manifest.get("image_size"),
+            "members": [m.get("backbone") for m in model_manifest.get("members") or []],
         },
+        "weights_fallback": weights_fallback_notes(model_manifest, config),
         "data": {"source": source, "kind": test.kind, "image_size": test.image_size},
         "class_names": class_names,
         **{k: scored[k] for k in ("accuracy", "balanced_accuracy", "ece", "log_loss", "macro_f1")},

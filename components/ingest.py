@@ -66,6 +66,10 @@ def run(source: str, out_dir: str, config: Config) -> dict[str, Any]:
         data.split.test,
         config.seed,
     )
+    if data.max_per_class:
+        assignment = cap_per_class(
+            assignment, loaded.labels[kept], data.max_per_class, data.split, config.seed
+        )
     splits = {
         name: dataset.Split(
             loaded.images[kept[assignment == k]],
@@ -205,6 +209,26 @@ def stratified_split(
             assignment[members[k]] = choice
             filled[choice] += len(members[k])
     return assignment
+
+
+def cap_per_class(
+    assignment: np.ndarray, labels: np.ndarray, max_per_class: int, split: Any, seed: int
+) -> np.ndarray:
+    """``assignment`` with at most ``max_per_class`` images of a class kept (the rest -1).
+
+    Cut after the stratified split, so the split itself is unchanged: each split keeps a
+    seeded random part of its images of a class, its share of ``max_per_class`` (at least
+    one), for a quick run on a large source.
+    """
+    shares = (1.0 - split.val - split.test, split.val, split.test)
+    out = np.asarray(assignment).copy()
+    for label in np.unique(labels):
+        for k, share in enumerate(shares):
+            members = np.flatnonzero((out == k) & (labels == label))
+            keep = max(1, round(max_per_class * share))
+            rng = np.random.default_rng([seed, int(label), k])
+            out[rng.permutation(members)[keep:]] = -1
+    return out
 
 
 def split_warnings(counts: dict[str, dict[str, int]]) -> list[str]:

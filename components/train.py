@@ -83,6 +83,7 @@ def run(data_dir: str, backbone: str, hparams: str, out_dir: str, config: Config
         )
     )
 
+    names = ["warmup", "finetune"][-len(phases) :]
     history = _concat([p["history"] for p in phases])
     metrics = {
         "val_accuracy": fitting.evaluate_accuracy(model, val_ds),
@@ -94,12 +95,23 @@ def run(data_dir: str, backbone: str, hparams: str, out_dir: str, config: Config
         "train_images_per_s": fitting.steady_rate(phases[-1].get("rates", [])),
         "trainable_backbone_layers": trainable,
         "wall_seconds": time.perf_counter() - start,
+        # What ran, for a preflight to check: the phases, the optimizer (a
+        # LossScaleOptimizer under mixed_float16) and any random-init fallback.
+        "phases": names,
+        **{
+            f"{name}_epochs_run": len(p["history"].get("loss", []))
+            for name, p in zip(names, phases, strict=True)
+        },
+        "optimizer": type(model.optimizer).__name__,
+        "loss_scale_optimizer": type(model.optimizer).__name__ == "LossScaleOptimizer",
+        "weights_fallback": getattr(model, "weights_fallback_note", ""),
     }
     info = {
         "backbone": backbone,
         "precision": s.policy,
         "pretrained": s.pretrained,
         "weights": config.model.weights if s.pretrained else "none",
+        "weights_fallback": metrics["weights_fallback"],
         "hparams": hp.__dict__,
         "metrics": metrics,
         "history": history,

@@ -95,6 +95,9 @@ class DataConfig:
     outlier_threshold: float = 6.0
     synthetic_per_class: int = 60
     cache_dir: str = ""  # downloads (bloodmnist:SIZE); "" = storage.cache_root()
+    # At most this many images of each class in all (0: all), cut after the stratified
+    # split, each split keeping its share: a quick run on a large source (``smoke``).
+    max_per_class: int = 0
 
     def validate(self) -> list[str]:
         errors = []
@@ -108,6 +111,8 @@ class DataConfig:
             errors.append("outlier_threshold: must be positive")
         if self.synthetic_per_class < 4:
             errors.append("synthetic_per_class: must be at least 4 (one per split and more)")
+        if self.max_per_class != 0 and self.max_per_class < 3:
+            errors.append("max_per_class: must be 0 (all) or at least 3 (one per split)")
         return errors
 
 
@@ -216,6 +221,10 @@ class ModelConfig:
     # backbone), or a mirror: a folder or gs:// prefix with each backbone's file under Keras's
     # own name, filled by `hemaflow weights fetch` (for clusters without internet).
     weights: str = "none"
+    # Where pretrained weights cannot be loaded: "error" (always, outside a preflight) or
+    # "random", which initialises that backbone randomly and says so in every report; only
+    # ``smoke`` sets it, so that a preflight runs without a network or a mirror.
+    weights_fallback: Literal["error", "random"] = "error"
     head: HeadConfig = field(default_factory=HeadConfig)
     precision: Precision = "auto"
     batch_size: int = 64
@@ -473,6 +482,48 @@ class Config:
         """A copy with ``overrides`` (nested dict or dotted keys) applied and validated."""
         merged = _deep_merge(self.to_dict(), _expand_dotted(overrides))
         return from_dict(merged, origin="<overrides>")
+
+
+# --------------------------------------------------------------------------- smoke
+
+
+#: The smallest image size every keras.applications backbone accepts.
+SMOKE_IMAGE_SIZE = 32
+#: What ``smoke`` changes: sizes and budgets only, never a stage, backbone, head or policy.
+SMOKE_OVERRIDES: dict[str, Any] = {
+    "data.image_size": SMOKE_IMAGE_SIZE,
+    "data.max_per_class": 20,
+    "augment.copies": 1,
+    "augment.shards": 2,
+    "model.batch_size": 16,
+    "model.weights_fallback": "random",
+    "compare.epochs": 1,
+    "compare.train_images": 32,
+    "tune.max_trials": 1,
+    "tune.epochs": 1,
+    "tune.train_images": 32,
+    "train.warmup_epochs": 1,
+    "train.epochs": 1,
+    "evaluate.max_images": 32,
+    "evaluate.corruptions": ["gaussian_noise", "defocus_blur"],
+    "evaluate.severities": [3],
+    "evaluate.batch_size": 32,
+}
+
+
+def smoke(config: Config) -> Config:
+    """``config`` shrunk to minutes on a CPU with its DAG unchanged: a preflight of a profile.
+
+    The same stages, backbones, head, precision policy, top-k ensemble and phase structure (a
+    profile that asks for weights still warms up, then fine-tunes); only image size, data,
+    epochs and image budgets shrink. Weights that cannot be loaded (no network, no mirror)
+    fall back to random initialisation, which train, evaluate and the run summary state.
+    A phase keeps at least one epoch, so a profile without a warm-up gets none.
+    """
+    overrides = dict(SMOKE_OVERRIDES)
+    if not config.train.warmup_epochs:
+        overrides["train.warmup_epochs"] = 0
+    return config.replace(overrides)
 
 
 # --------------------------------------------------------------------------- loading

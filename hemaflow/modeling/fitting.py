@@ -577,6 +577,7 @@ def build(s: Setup, config: Config, hp: Hparams):
         policy=s.policy,
         dense=hp.dense,
         dropout=hp.dropout,
+        weights_fallback=config.model.weights_fallback,
     )
 
 

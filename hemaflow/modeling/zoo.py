@@ -14,10 +14,13 @@ freeze or unfreeze its top layers for fine-tuning.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from hemaflow.config import ConfigError, HeadConfig
+
+log = logging.getLogger(__name__)
 
 BACKBONE_LAYER = "backbone"
 OUTPUT_LAYER = "probabilities"
@@ -230,9 +233,14 @@ def resnet_mini(
     return keras.Model(inputs, x, name=BACKBONE_LAYER)
 
 
-def _backbone(name: str, image_size: int, weights: str | None):
+def _backbone(name: str, image_size: int, weights: str | None, fallback: str = "error"):
     """The nested backbone, its weights loaded: ``weights`` is None, ``"imagenet"``, a local
-    weights file or a mirror (local or gs://; the backbone's Keras file is taken from it)."""
+    weights file or a mirror (local or gs://; the backbone's Keras file is taken from it).
+
+    Returns ``(model, fallback note)``. With ``fallback="random"`` (``model.weights_fallback``,
+    set by a preflight only) a keras.applications backbone whose weights cannot be loaded
+    stays randomly initialised and the note says why; otherwise the error propagates.
+    """
     import keras
 
     from hemaflow.modeling import weights as pretrained
@@ -245,12 +253,9 @@ def _backbone(name: str, image_size: int, weights: str | None):
         model = {"small_cnn": small_cnn, "resnet_mini": resnet_mini}[name](image_size)
         if weights:
             pretrained.load_into(model, weights, name, image_size)
-        return model
+        return model, ""
     if image_size < 32:
         raise ConfigError(f"backbone {name!r}: needs images of at least 32 px, got {image_size}")
-    path = weights
-    if kind != "file":
-        path = pretrained.local_file(weights or "none", name, image_size, spec)
     constructor = getattr(keras.applications, spec.constructor)
     # Weights are loaded here rather than by the constructor: with name= set, EfficientNet and
     # ConvNeXt would ask Keras's origin for a file named after the model ("backbone_notop.h5").
@@ -261,9 +266,25 @@ def _backbone(name: str, image_size: int, weights: str | None):
         name=BACKBONE_LAYER,
         **dict(spec.kwargs),
     )
-    if path:
-        pretrained.load_into(model, path, name, image_size)
-    return model
+    try:
+        path = weights
+        if kind != "file":
+            path = pretrained.local_file(weights or "none", name, image_size, spec)
+        if path:
+            pretrained.load_into(model, path, name, image_size)
+    except Exception as exc:  # offline download, missing mirror file, unreadable file
+        if fallback != "random":
+            raise
+        reason = " ".join(str(exc).split())[:300]
+        log.warning(
+            "backbone %r: weights %s could not be loaded (%s); initialised RANDOMLY "
+            "(model.weights_fallback: random, a preflight only)",
+            name,
+            weights,
+            reason,
+        )
+        return model, f"weights {weights} could not be loaded ({reason}): random initialisation"
+    return model, ""
 
 
 def resolve_weights(weights: str) -> str | None:
@@ -290,11 +311,14 @@ def build_model(
     policy: str = "float32",
     dense: list[int] | None = None,
     dropout: float | None = None,
+    weights_fallback: str = "error",
 ):
     """Raw uint8 images in, float32 class probabilities out.
 
     ``weights``: ``"imagenet"`` (Keras downloads when online), a local or gs:// weights file
     for the backbone, or ``"none"``. ``dense``/``dropout`` override ``head`` (for tuning).
+    ``weights_fallback="random"``: weights that cannot be loaded leave the backbone random;
+    the model's ``weights_fallback_note`` (empty when the weights loaded) says so.
     """
     spec = backbone_spec(backbone)  # an unknown name fails before keras loads
     import keras
@@ -316,7 +340,7 @@ def build_model(
     for layer in preprocessing_layers(spec.preprocess):
         x = layer(x)
     with precision.policy_scope(policy):
-        base = _backbone(backbone, image_size, weights_path)
+        base, note = _backbone(backbone, image_size, weights_path, weights_fallback)
         x = base(x)
         pool = layers.GlobalAveragePooling2D if head.pooling == "avg" else layers.GlobalMaxPooling2D
         x = pool(name="pool")(x)
@@ -331,7 +355,9 @@ def build_model(
         )(x)
         # Built inside the scope, the model itself carries the policy: compile() wraps the
         # optimizer in a LossScaleOptimizer only when the *model's* policy is mixed_float16.
-        return keras.Model(inputs, outputs, name=f"hemaflow_{backbone}")
+        model = keras.Model(inputs, outputs, name=f"hemaflow_{backbone}")
+    model.weights_fallback_note = note
+    return model
 
 
 def backbone_of(model):

@@ -55,6 +55,12 @@ def model_card(
     ]
     if synthetic:
         lines += [SYNTHETIC_WARNING, ""]
+    for name, note in (metrics.get("weights_fallback") or {}).items():
+        lines += [
+            f"**Warning: preflight run, `{name}` was initialised randomly**: {note}. "
+            "These numbers say nothing about the trained recipe.",
+            "",
+        ]
     lines += [
         "## Model",
         f"- Task: classify a single peripheral blood cell image into one of "

@@ -33,6 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="KFP's artifact root (default: DIR/kfp or ./hemaflow-runs)",
     )
     parser.add_argument("--no-cache", action="store_true", help="rerun every task")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="preflight: the profile's own DAG shrunk to minutes on a CPU (32 px, a few "
+        "batches per phase); weights it cannot load fall back to random initialisation",
+    )
     parser.set_defaults(func=run)
 
 
@@ -45,12 +51,22 @@ def run(args: argparse.Namespace) -> int:
         if root:
             storage.check_output(root, "root", inputs=[args.data, args.config])
     config = config_from_args(args, **{"data.source": args.data})
+    if getattr(args, "smoke", False):
+        from hemaflow.config import smoke
+
+        config = smoke(config)
     verbose = bool(getattr(args, "verbose", False))
     console = None if verbose else Console(sys.stdout)
     if console is not None:
         console.line(
             f"hemaflow run: {config.profile} profile, {args.runner} runner "
             "(-v shows every task's output)"
+        )
+    if getattr(args, "smoke", False):
+        print(
+            f"smoke preflight: {config.profile} DAG at {config.data.image_size} px, a few batches "
+            f"per phase; model.weights {config.model.weights}: any backbone whose weights cannot "
+            "be loaded is initialised randomly (its figures mean nothing)"
         )
     result = run_local(
         config,
@@ -68,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(result.metrics.get(k), int | float)
     )
     print(f"hemaflow run finished ({config.profile}) in {duration(result.seconds)}: {numbers}")
+    for name, note in (result.metrics.get("weights_fallback") or {}).items():
+        print(f"  PREFLIGHT ONLY, random initialisation: {name}: {note}")
     if result.page is not None:
         print(f"  run page:      {result.page}")
     print(f"  model:         {result.copied.get('model', result.model)}")
