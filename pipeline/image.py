@@ -199,6 +199,9 @@ def build_image(
     import docker
     import hemaflow
 
+    if ca_cert is not None and not Path(ca_cert).is_file():
+        # Bad input first: a missing file is reported whether or not an engine answers.
+        raise ImageError(f"{ca_cert}: CA certificate file not found")
     client = client or docker_client()
     version = hemaflow.__version__
     revision = git_revision(root)
