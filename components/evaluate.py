@@ -5,7 +5,10 @@ from a manifest.json beside it, else ``class_0``...). Clean test and Bmk splits 
 folder are scored on Beam through tfx-bsl RunInference (:mod:`hemaflow.modeling.inference`), the
 way they scale to large data. The corrupted copies are generated on the fly in memory
 (``hemaflow.imaging.corruptions``) and scored in process with the loaded Keras model;
-``evaluate.max_images`` caps how many test images they use. An ingest Dataset folder, or a raw
+``evaluate.max_images`` caps how many test images they use. The same sample is also scored
+under the independent benchmark (``hemaflow.imaging.independent``, albumentations, which no
+training code uses), because the own suite shares its ops with training augmentation and so
+reads optimistic; ``evaluate.independent: []`` turns it off. An ingest Dataset folder, or a raw
 labelled source (class folders, a folder with labels.csv, an .npz), is scored in process
 throughout; a raw source's labels are mapped onto the model's classes by name.
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,9 @@ from hemaflow.reporting.plots import curves_png
 log = logging.getLogger("hemaflow.evaluate")
 
 MISTAKES_SHOWN = 24
+
+CorruptFn = Callable[[np.ndarray, str, int, int], np.ndarray]
+"""``corrupt(images, name, severity, seed)``: uint8 [B, H, W, 3] in, same shape out."""
 
 
 # --------------------------------------------------------------------------- checks
@@ -125,16 +132,25 @@ def corruption_results(
     batch_size: int,
     seed: int,
     bn_adaptation: bool = False,
+    corrupt: CorruptFn | None = None,
+    desc: str = "corruptions",
 ) -> dict[str, dict[str, dict[int, dict[str, float]]]]:
-    """``{"plain"|"adapted": {corruption: {severity: metrics}}}`` over the corruption suite."""
-    from hemaflow.imaging import corruptions
+    """``{"plain"|"adapted": {corruption: {severity: metrics}}}`` over a corruption suite.
+
+    ``corrupt`` is the suite's function (default: the own suite,
+    :func:`hemaflow.imaging.corruptions.corrupt`), so every benchmark is scored alike.
+    """
     from hemaflow.modeling.inference import predict_arrays
 
+    if corrupt is None:
+        from hemaflow.imaging import corruptions
+
+        corrupt = corruptions.corrupt
     modes = ["plain", "adapted"] if bn_adaptation else ["plain"]
     out: dict[str, dict[str, dict[int, dict[str, float]]]] = {m: {} for m in modes}
     jobs = [(n, s) for n in names for s in severities]
-    for name, severity in progress(jobs, total=len(jobs), desc="corruptions"):
-        corrupted = corruptions.corrupt(images, name, severity, seed)
+    for name, severity in progress(jobs, total=len(jobs), desc=desc):
+        corrupted = corrupt(images, name, severity, seed)
         for mode in modes:
             probs = (
                 predict_bn_adapted(model, corrupted, batch_size)
@@ -146,6 +162,73 @@ def corruption_results(
                 k: scored[k] for k in ("accuracy", "balanced_accuracy", "ece", "log_loss")
             }
     return out
+
+
+def trained_kinds(policy: Any) -> set[str]:
+    """The training-policy families this config's augmentation actually applies (p > 0)."""
+    from hemaflow.imaging.policy import FAMILIES
+
+    return {f for f in FAMILIES if getattr(policy, f).p > 0 and getattr(policy, f).strength > 0}
+
+
+def policy_coverage(kinds: list[str | None], active: set[str]) -> str:
+    """ "yes" when training applies every kind of a family's corruptions, "partly", or "no"."""
+    hits = [k is not None and k in active for k in kinds]
+    return "yes" if all(hits) else "partly" if any(hits) else "no"
+
+
+def independent_block(
+    summary: dict[str, Any],
+    adapted: dict[str, Any] | None,
+    names: list[str],
+    active_kinds: set[str],
+) -> dict[str, Any]:
+    """The metrics.json ``independent`` block: the robustness summary, annotated per
+    corruption with its family and the training-policy family of the same kind."""
+    from hemaflow.imaging.independent import INDEPENDENT
+
+    per = {
+        name: {
+            **row,
+            "family": INDEPENDENT[name].family,
+            "trained_kind": INDEPENDENT[name].trained_kind,
+            "trained": INDEPENDENT[name].trained_kind in active_kinds,
+        }
+        for name, row in summary["per_corruption"].items()
+    }
+    per_family = {
+        family: {
+            **row,
+            "trained_kinds": sorted(
+                {k for n in row["corruptions"] if (k := INDEPENDENT[n].trained_kind)}
+            ),
+            "training_policy_has_kind": policy_coverage(
+                [INDEPENDENT[n].trained_kind for n in row["corruptions"]], active_kinds
+            ),
+        }
+        for family, row in summary["per_family"].items()
+    }
+    keep = ("worst_family", "worst_family_accuracy", "severity5_accuracy", "by_severity")
+    return {
+        "corruptions": names,
+        "accuracy": summary["corrupted_accuracy"],
+        "balanced_accuracy": summary["corrupted_balanced_accuracy"],
+        "mean_balanced_error": summary["mean_balanced_error"],
+        "mean_balanced_error_increase": summary["mean_balanced_error_increase"],
+        **{k: summary[k] for k in keep},
+        "per_corruption": per,
+        "per_family": per_family,
+        "bn_adaptation": None
+        if adapted is None
+        else {
+            "accuracy": adapted["corrupted_accuracy"],
+            "balanced_accuracy": adapted["corrupted_balanced_accuracy"],
+            "mean_balanced_error": adapted["mean_balanced_error"],
+            **{k: adapted[k] for k in keep},
+            "per_corruption": adapted["per_corruption"],
+            "per_family": adapted["per_family"],
+        },
+    }
 
 
 def _headline(scored: dict[str, Any]) -> dict[str, Any]:
@@ -177,12 +260,23 @@ def build_report(
             *(
                 [
                     {
-                        "set": "corrupted (mean)",
+                        "set": "corrupted, own suite (mean)",
                         "accuracy": body["corrupted_accuracy"],
                         "balanced_accuracy": body["corrupted_balanced_accuracy"],
                     }
                 ]
                 if body.get("robustness")
+                else []
+            ),
+            *(
+                [
+                    {
+                        "set": "corrupted, independent benchmark (mean)",
+                        "accuracy": body["independent"]["accuracy"],
+                        "balanced_accuracy": body["independent"]["balanced_accuracy"],
+                    }
+                ]
+                if body.get("independent")
                 else []
             ),
         ],
@@ -270,6 +364,8 @@ def build_report(
             corruptions.corruption_grid(test.images[0], corruption_names, seed=seed),
             f"the suite on test image {test.ids[0]}",
         )
+    if body.get("independent"):
+        independent_section(page, body, test, seed)
     if history:
         page.heading("Training curves")
         page.figure("training_curves.png", curves_png(history))
@@ -287,7 +383,159 @@ def build_report(
     return page
 
 
+def independent_section(page, body: dict[str, Any], test: LabelledSplit, seed: int) -> None:
+    """The report's independent benchmark: beside the own suite per family and severity."""
+    from hemaflow.imaging import independent
+
+    ind, own = body["independent"], body["robustness"]
+    page.heading("Independent corruption benchmark (albumentations)")
+    page.paragraph(
+        "The own suite above is built from the same ops as training augmentation, so it "
+        "reads optimistic. These corruptions come from albumentations, which no training code "
+        f"uses, on the same {body['corruption_sample_count']} test images. Accuracy "
+        f"{ind['accuracy']:.4f} here against {body['corrupted_accuracy']:.4f} on the own "
+        f"suite; worst family {ind['worst_family']} ({ind['worst_family_accuracy']:.4f}). "
+        "'training policy has this kind': whether this run's augmentation policy applies "
+        "(p > 0) the training family of the same kind as the family's corruptions."
+    )
+    families = list(dict.fromkeys([*own["per_family"], *ind["per_family"]]))
+    page.table(
+        [
+            {
+                "family": family,
+                "own_suite_accuracy": own["per_family"].get(family, {}).get("accuracy", "n/a"),
+                "independent_accuracy": ind["per_family"].get(family, {}).get("accuracy", "n/a"),
+                "training policy has this kind": ind["per_family"]
+                .get(family, {})
+                .get("training_policy_has_kind", "n/a"),
+                "independent corruptions": ", ".join(
+                    ind["per_family"].get(family, {}).get("corruptions", [])
+                ),
+            }
+            for family in families
+        ]
+    )
+    adapted = ind.get("bn_adaptation") or {}
+    own_adapted = body.get("bn_adaptation") or {}
+    page.table(
+        [
+            {
+                "severity": int(severity),
+                "own_suite_accuracy": own["by_severity"][severity]["accuracy"],
+                "independent_accuracy": row["accuracy"],
+                **(
+                    {
+                        "own_suite_bn_adapted": own_adapted["by_severity"][severity]["accuracy"],
+                        "independent_bn_adapted": adapted["by_severity"][severity]["accuracy"],
+                    }
+                    if adapted
+                    else {}
+                ),
+            }
+            for severity, row in ind["by_severity"].items()
+        ]
+    )
+    per = ind["per_corruption"]
+    page.figure(
+        "independent_accuracy.png",
+        plots.bar_chart(
+            [f"{name} ({row['family']})" for name, row in per.items()],
+            [row["accuracy"] for row in per.values()],
+            "independent benchmark: accuracy per corruption (mean over severities)",
+            ylim=(0, 1.05),
+        ),
+    )
+    page.table(
+        [
+            {
+                "corruption": name,
+                "family": row["family"],
+                "trained_kind": row["trained_kind"] or "none",
+                "accuracy": row["accuracy"],
+                "balanced_error": row["balanced_error"],
+                **(
+                    {"accuracy_bn_adapted": adapted["per_corruption"][name]["accuracy"]}
+                    if adapted
+                    else {}
+                ),
+            }
+            for name, row in per.items()
+        ]
+    )
+    page.figure(
+        "independent_grid.png",
+        independent.grid(test.images[0], ind["corruptions"], seed=seed),
+        f"the independent benchmark on test image {test.ids[0]}",
+    )
+
+
 # --------------------------------------------------------------------------- stage
+
+
+INDEPENDENT_KEYS = (
+    "independent_accuracy",
+    "independent_worst_family",
+    "independent_worst_family_accuracy",
+    "independent_severity5_accuracy",
+    "bn_adapted_independent_accuracy",
+)
+
+
+def score_independent(
+    model,
+    images: np.ndarray,
+    labels: np.ndarray,
+    class_names: list[str],
+    clean_balanced_accuracy: float,
+    config: Config,
+) -> dict[str, Any]:
+    """The independent benchmark on the own suite's sample: the ``independent`` block and its
+    top-level figures (all None when ``evaluate.independent`` is empty)."""
+    from hemaflow.imaging import independent
+
+    ev = config.evaluate
+    selected = independent.names(ev.independent)
+    if not selected:
+        return {"independent": None, **dict.fromkeys(INDEPENDENT_KEYS)}
+    log.info(
+        "independent benchmark: %d corruptions x %d severities on %d images",
+        len(selected),
+        len(ev.severities),
+        len(labels),
+    )
+    start = time.perf_counter()
+    results = corruption_results(
+        model,
+        images,
+        labels,
+        class_names,
+        selected,
+        list(ev.severities),
+        ev.batch_size,
+        config.seed,
+        ev.bn_adaptation,
+        corrupt=independent.corrupt,
+        desc="independent",
+    )
+    families = independent.families(selected)
+    plain = metrics.robustness_summary(clean_balanced_accuracy, results["plain"], families)
+    adapted = (
+        metrics.robustness_summary(clean_balanced_accuracy, results["adapted"], families)
+        if ev.bn_adaptation
+        else None
+    )
+    block = independent_block(plain, adapted, selected, trained_kinds(config.augment.policy))
+    block["seconds"] = round(time.perf_counter() - start, 3)
+    return {
+        "independent": block,
+        "independent_accuracy": block["accuracy"],
+        "independent_worst_family": block["worst_family"],
+        "independent_worst_family_accuracy": block["worst_family_accuracy"],
+        "independent_severity5_accuracy": block["severity5_accuracy"],
+        "bn_adapted_independent_accuracy": None
+        if adapted is None
+        else adapted["corrupted_accuracy"],
+    }
 
 
 def weights_fallback_notes(model_manifest: dict[str, Any], config: Config) -> dict[str, str]:
@@ -378,6 +626,7 @@ def evaluate_loaded(
         len(ev.severities),
         len(keep),
     )
+    own_families = {n: corruptions.CORRUPTIONS[n].family for n in names}
     results = corruption_results(
         model,
         sample_images,
@@ -389,7 +638,7 @@ def evaluate_loaded(
         config.seed,
         ev.bn_adaptation,
     )
-    robustness = metrics.robustness_summary(clean_sample_bacc, results["plain"])
+    robustness = metrics.robustness_summary(clean_sample_bacc, results["plain"], own_families)
     robustness["clean_accuracy_on_sample"] = metrics.accuracy(
         sample_labels, test_probs[keep].argmax(axis=1)
     )
@@ -397,6 +646,9 @@ def evaluate_loaded(
         {
             "corrupted_accuracy": robustness["corrupted_accuracy"],
             "corrupted_balanced_accuracy": robustness["corrupted_balanced_accuracy"],
+            "corrupted_worst_family": robustness["worst_family"],
+            "corrupted_worst_family_accuracy": robustness["worst_family_accuracy"],
+            "corrupted_severity5_accuracy": robustness["severity5_accuracy"],
             "mean_balanced_error": robustness["mean_balanced_error"],
             "mean_balanced_error_increase": robustness["mean_balanced_error_increase"],
             "per_corruption": {
@@ -412,16 +664,23 @@ def evaluate_loaded(
         }
     )
     if ev.bn_adaptation:
-        adapted = metrics.robustness_summary(clean_sample_bacc, results["adapted"])
+        adapted = metrics.robustness_summary(clean_sample_bacc, results["adapted"], own_families)
         body["bn_adaptation"] = {
             "corrupted_accuracy": adapted["corrupted_accuracy"],
             "corrupted_balanced_accuracy": adapted["corrupted_balanced_accuracy"],
             "mean_balanced_error": adapted["mean_balanced_error"],
             "per_corruption": adapted["per_corruption"],
+            "per_family": adapted["per_family"],
+            "by_severity": adapted["by_severity"],
             "batchnorm_layers": len(batchnorm_layers(model)),
         }
 
     body["bn_adapted_corrupted_accuracy"] = (body["bn_adaptation"] or {}).get("corrupted_accuracy")
+    body.update(
+        score_independent(
+            model, sample_images, sample_labels, class_names, clean_sample_bacc, config
+        )
+    )
 
     card_manifest = {
         **model_manifest,
@@ -440,12 +699,13 @@ def evaluate_loaded(
             staging
         )
     log.info(
-        "accuracy %.4f, balanced %.4f, ECE %.4f, bmk %s, corrupted %.4f",
+        "accuracy %.4f, balanced %.4f, ECE %.4f, bmk %s, corrupted %.4f, independent %s",
         body["accuracy"],
         body["balanced_accuracy"],
         body["ece"],
         body["bmk_accuracy"],
         body["corrupted_accuracy"],
+        body["independent_accuracy"],
     )
     return body
 
@@ -501,7 +761,12 @@ def run(model_dir: str, data_dir: str, out_dir: str, config: Config) -> dict[str
     ``data_dir`` is a TFRecord or Dataset folder (its test split, and Bmk when present) or a
     raw labelled source; ``model_dir`` a Model folder or a .keras file.
     """
+    from hemaflow.imaging import corruptions, independent
+
     storage.check_output(out_dir, inputs=[model_dir, data_dir])
+    # Unknown corruption names fail here, before any scoring.
+    corruptions.corruption_names(config.evaluate.corruptions)
+    independent.names(config.evaluate.independent)
     model, manifest, history = load_for_evaluation(model_dir)
     score = score_artifact if is_artifact(data_dir) else score_source
     test, test_probs, bmk, note, data_manifest = score(model, manifest, str(data_dir), config)

@@ -10,6 +10,10 @@ epoch.
 
 Hyperparameters come from a tune output folder (its ``hparams.json``) or a JSON file; without
 one, from the config's ``train.*`` and ``model.head``.
+
+``train.consistency.kind: augmix_jsd`` trains both phases on [clean; two AugMix views]
+batches with cross-entropy on the clean view plus ``weight`` x the Jensen-Shannon divergence
+(:mod:`hemaflow.modeling.consistency`); the exported model is the plain classifier.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ def run(data_dir: str, backbone: str, hparams: str, out_dir: str, config: Config
 
     ``hparams`` is a tune output folder, a JSON file, or empty for the config's defaults.
     """
-    from hemaflow.modeling import export, fitting, zoo
+    from hemaflow.modeling import consistency, export, fitting, zoo
     from hemaflow.reporting.report import Report
 
     storage.check_output(out_dir, inputs=[data_dir, hparams])
@@ -41,19 +45,21 @@ def run(data_dir: str, backbone: str, hparams: str, out_dir: str, config: Config
     store = fitting.checkpoint_store(out_dir, config.train.checkpoint_dir)
     work = store.local
     work.mkdir(parents=True, exist_ok=True)
-    train_ds, val_ds, bmk_val_ds = fitting.data(s, config.seed)
     t = config.train
+    train_ds, val_ds, bmk_val_ds = fitting.data(s, config.seed, t.consistency)
     with s.strategy.scope():
         model = fitting.build(s, config, hp)
+        # What fit trains: the classifier, or a consistency trainer sharing its variables.
+        fit_model = consistency.wrap(model, t.consistency)
     logs = work / fitting.TENSORBOARD_DIR  # kept with the checkpoints: a resumed run adds to it
 
     phases: list[dict[str, Any]] = []
     if s.pretrained and t.warmup_epochs:
         zoo.set_trainable_layers(model, 0)
-        fitting.compile_phase(s, model, hp, hp.learning_rate, t.warmup_epochs)
+        fitting.compile_phase(s, fit_model, hp, hp.learning_rate, t.warmup_epochs)
         phases.append(
             fitting.run_phase(
-                model,
+                fit_model,
                 "warmup",
                 work,
                 train_ds,
@@ -65,12 +71,12 @@ def run(data_dir: str, backbone: str, hparams: str, out_dir: str, config: Config
             )
         )
     unfreeze = hp.unfreeze if s.pretrained else -1
-    trainable = zoo.set_trainable_layers(model, unfreeze)
+    trainable = zoo.set_trainable_layers(model, unfreeze, freeze_batchnorm=s.pretrained)
     rate = hp.fine_tune_learning_rate if s.pretrained else hp.learning_rate
-    fitting.compile_phase(s, model, hp, rate, t.epochs)
+    fitting.compile_phase(s, fit_model, hp, rate, t.epochs)
     phases.append(
         fitting.run_phase(
-            model,
+            fit_model,
             "finetune",
             work,
             train_ds,
@@ -102,8 +108,11 @@ def run(data_dir: str, backbone: str, hparams: str, out_dir: str, config: Config
             f"{name}_epochs_run": len(p["history"].get("loss", []))
             for name, p in zip(names, phases, strict=True)
         },
-        "optimizer": type(model.optimizer).__name__,
-        "loss_scale_optimizer": type(model.optimizer).__name__ == "LossScaleOptimizer",
+        "optimizer": type(fit_model.optimizer).__name__,
+        "loss_scale_optimizer": type(fit_model.optimizer).__name__ == "LossScaleOptimizer",
+        # AugMix + JSD: the loss in the history is then CE + weight x jsd (both logged).
+        "consistency": t.consistency.kind,
+        "consistency_weight": t.consistency.weight if consistency.enabled(t.consistency) else 0.0,
         "weights_fallback": getattr(model, "weights_fallback_note", ""),
     }
     info = {
@@ -129,6 +138,16 @@ def run(data_dir: str, backbone: str, hparams: str, out_dir: str, config: Config
             "bmk_val_accuracy: val through the Bmk policy (empty without a bmk_val split). "
             "The test split and Bmk are not used here; evaluate reports on them."
         )
+        if consistency.enabled(t.consistency):
+            c = t.consistency
+            report.paragraph(
+                f"Consistency: {c.kind}, weight {c.weight:g} (AugMix severity {c.severity}, "
+                f"width {c.width}, depth {c.depth}, alpha {c.alpha:g}). Each training image "
+                "was seen clean and in two AugMix views in one forward pass; loss = "
+                "cross-entropy on the clean view + weight x Jensen-Shannon divergence of the "
+                "three predictions (jsd in the history). train_images_per_s counts clean "
+                "images. Validation is on single clean views."
+            )
         report.figure("curves.png", curves, "loss and accuracy per epoch (train and val)")
         report.json_block(info["hparams"])
         report.write(staging)

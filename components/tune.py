@@ -94,7 +94,9 @@ def make_hypermodel(s, config: Config):
             values = hparams_from_values(hp.values, s.pretrained, config)
             params = dataclasses.replace(fitting.default_hparams(config), **values)
             model = fitting.build(s, config, params)
-            zoo.set_trainable_layers(model, params.unfreeze if s.pretrained else -1)
+            zoo.set_trainable_layers(
+                model, params.unfreeze if s.pretrained else -1, freeze_batchnorm=s.pretrained
+            )
             total = fitting.steps_per_epoch(s.train_images, s.batch_size) * trial_epochs(config)
             optimizer = fitting.make_optimizer(
                 params.optimizer,

@@ -230,6 +230,11 @@ class ModelConfig:
     batch_size: int = 64
     # XLA for the training step; "auto" is Keras's choice (on with a GPU, off on a CPU).
     jit_compile: bool | Literal["auto"] = "auto"
+    # Per-image colour normalisation, a layer inside the saved model (so serving does it too):
+    # "grey_world" divides each channel by its image mean (removes a white-balance or lamp
+    # colour cast), "optical_density" divides each channel's optical density by its image
+    # mean (removes a stain-intensity change); "none" builds the models as before.
+    colour_constancy: Literal["none", "grey_world", "optical_density"] = "none"
 
     def validate(self) -> list[str]:
         errors = []
@@ -316,6 +321,42 @@ class TuneConfig:
         return errors
 
 
+Consistency = Literal["none", "augmix_jsd"]
+
+
+@dataclass(frozen=True)
+class ConsistencyConfig:
+    """AugMix with the Jensen-Shannon consistency loss (Hendrycks et al., ICLR 2020).
+
+    ``augmix_jsd``: each training batch also gets two AugMix views of every image, all three
+    go through one forward pass, and the loss is cross-entropy on the clean view plus
+    ``weight`` x the Jensen-Shannon divergence of the three predictions. ``severity``,
+    ``width`` (chains), ``depth`` (ops per chain; -1: 1-3 at random) and ``alpha`` (Dirichlet
+    and Beta mixing) are the paper's, with its defaults.
+    """
+
+    kind: Consistency = "none"
+    weight: float = 12.0
+    severity: int = 3
+    width: int = 3
+    depth: int = -1
+    alpha: float = 1.0
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.weight < 0:
+            errors.append("weight: must be 0 or more")
+        if not 1 <= self.severity <= 10:
+            errors.append("severity: must be between 1 and 10 (the paper's level scale)")
+        if not 1 <= self.width <= 8:
+            errors.append("width: must be between 1 and 8 chains")
+        if self.depth == 0 or not -1 <= self.depth <= 5:
+            errors.append("depth: -1 (1-3 ops at random) or 1-5 ops per chain")
+        if self.alpha <= 0:
+            errors.append("alpha: must be positive")
+        return errors
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     warmup_epochs: int = 1
@@ -336,6 +377,8 @@ class TrainConfig:
     # restarted on another node resumes). Empty: beside the output; pipeline tasks set it
     # under their output's URI.
     checkpoint_dir: str = ""
+    # Final training only (compare and tune fit without it): AugMix + JSD consistency.
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
 
     def validate(self) -> list[str]:
         errors = []
@@ -379,11 +422,23 @@ class EvaluateConfig:
     max_images: int = 0
     bn_adaptation: bool = False
     batch_size: int = 128
+    # The independent benchmark (hemaflow.imaging.independent, albumentations): "all", names
+    # from it, or [] for off. Names are checked against its table when evaluate starts, so
+    # that this module, which training imports, never imports albumentations.
+    independent: list[str] = field(default_factory=lambda: ["all"])
 
     def validate(self) -> list[str]:
         errors = []
         if not self.severities or any(s not in SEVERITIES for s in self.severities):
             errors.append("severities: must be a non-empty list drawn from 1-5")
+        if not isinstance(self.independent, list) or not all(
+            isinstance(n, str) and re.fullmatch(r"[a-z][a-z0-9_]*", n) for n in self.independent
+        ):
+            errors.append(
+                "independent: must be a list of corruption names (or 'all'; [] turns it off)"
+            )
+        elif len(set(self.independent)) != len(self.independent):
+            errors.append("independent: names must not repeat")
         if self.max_images < 0:
             errors.append("max_images: must be 0 (all) or more")
         return errors

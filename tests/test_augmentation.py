@@ -62,7 +62,9 @@ def test_each_family_changes_images_and_keeps_the_mean_plausible(cells, family):
 
 def test_chromatic_exposure_reaches_the_suites_brightness_both_ways(cells):
     """The exposure shift is what per-image standardisation cannot undo: HSV value moves by
-    up to +-0.3 at strength 1 (the suite's brightness corruption goes up to +0.28)."""
+    up to +-0.3 at strength 1 (the suite's brightness corruption goes up to +0.28). The
+    white-balance change that follows keeps the geometric mean of its gains, but a red or
+    blue gain of up to ~1.25 lifts HSV value (the brightest channel) where it does not clip."""
     import tensorflow as tf
 
     from hemaflow.imaging.policy import build_augmenter
@@ -76,7 +78,7 @@ def test_chromatic_exposure_reaches_the_suites_brightness_both_ways(cells):
 
     shift = mean_value(out) - mean_value(batch)
     assert shift.max() > 0.15 and shift.min() < -0.2, (shift.min(), shift.max())
-    assert np.abs(shift).max() < 0.32
+    assert np.abs(shift).max() < 0.42
 
 
 def test_p_zero_is_identity(cells):

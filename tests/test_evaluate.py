@@ -41,6 +41,7 @@ def quick_config(**extra):
         "evaluate.corruptions": ["gaussian_blur", "stain_deposits"],
         "evaluate.severities": [1, 5],
         "evaluate.max_images": 24,
+        "evaluate.independent": ["gauss_noise", "hue_shift", "white_balance"],
         **extra,
     }
     return load_config("quickstart", overrides=overrides)
@@ -103,6 +104,82 @@ def test_evaluate_dataset_folder_in_process(setup, tmp_path):
     expected = model.predict(test[0], verbose=0).argmax(axis=1)
     assert result["accuracy"] == pytest.approx(np.mean(expected == test[1]))
     assert result["bmk_accuracy"] is None and result["bn_adapted_corrupted_accuracy"] is None
+
+
+def test_independent_benchmark_beside_the_own_suite(setup, tmp_path):
+    from hemaflow.components import evaluate
+
+    _, model_dir, _, data, _ = setup
+    out = tmp_path / "eval"
+    result = evaluate.run(
+        str(model_dir), str(data), str(out), quick_config(**{"evaluate.bn_adaptation": True})
+    )
+    body = json.loads((out / "metrics.json").read_text())
+    ind = body["independent"]
+    assert ind["corruptions"] == ["gauss_noise", "hue_shift", "white_balance"]
+    cells = {
+        (name, s): v["accuracy"]
+        for name, row in ind["per_corruption"].items()
+        for s, v in row["by_severity"].items()
+    }
+    assert set(cells) == {(n, s) for n in ind["corruptions"] for s in ("1", "5")}
+    assert body["independent_accuracy"] == pytest.approx(np.mean(list(cells.values())))
+    assert body["independent_accuracy"] == result["independent_accuracy"] == ind["accuracy"]
+    assert body["independent_severity5_accuracy"] == pytest.approx(
+        np.mean([v for (_, s), v in cells.items() if s == "5"])
+    )
+    assert set(ind["by_severity"]) == {"1", "5"}
+    assert set(ind["per_family"]) == {"noise", "stain"}
+    stain = ind["per_family"]["stain"]
+    assert stain["corruptions"] == ["hue_shift", "white_balance"]
+    assert stain["accuracy"] == pytest.approx(
+        np.mean([v for (n, _), v in cells.items() if n != "gauss_noise"])
+    )
+    # hue_shift's kind (chromatic) is in the quickstart policy, white balance has no kind.
+    assert stain["training_policy_has_kind"] == "partly"
+    assert ind["per_corruption"]["white_balance"]["trained_kind"] is None
+    worst = min(ind["per_family"], key=lambda f: ind["per_family"][f]["accuracy"])
+    assert body["independent_worst_family"] == worst
+    assert body["independent_worst_family_accuracy"] == ind["per_family"][worst]["accuracy"]
+    own = body["robustness"]
+    assert set(own["per_family"]) == {"blur", "artifact"}
+    assert body["corrupted_worst_family"] in own["per_family"]
+    assert body["corrupted_worst_family_accuracy"] == pytest.approx(
+        min(v["accuracy"] for v in own["per_family"].values())
+    )
+    assert body["corrupted_severity5_accuracy"] == pytest.approx(
+        np.mean([r["by_severity"]["5"]["accuracy"] for r in own["per_corruption"].values()])
+    )
+    adapted = ind["bn_adaptation"]
+    assert body["bn_adapted_independent_accuracy"] == adapted["accuracy"]
+    assert set(adapted["per_corruption"]) == set(ind["corruptions"])
+    assert 0.0 <= adapted["accuracy"] <= 1.0 and adapted["worst_family"] in {"noise", "stain"}
+    html = (out / "report.html").read_text()
+    assert "independent_grid.png" in html and (out / "independent_grid.png").is_file()
+    assert "independent_accuracy.png" in html and "training policy has this kind" in html
+    assert "corrupted, independent benchmark (mean)" in html
+    card = (out / "model_card.md").read_text()
+    assert "Independent corruption benchmark" in card
+    assert f"{100 * body['independent_accuracy']:.2f}%" in card
+
+
+def test_independent_benchmark_off_and_unknown_names(setup, tmp_path):
+    from hemaflow.components import evaluate
+
+    from hemaflow.config import ConfigError
+
+    _, model_dir, _, data, _ = setup
+    off = quick_config(**{"evaluate.independent": [], "evaluate.corruptions": ["jpeg"]})
+    result = evaluate.run(str(model_dir), str(data), str(tmp_path / "off"), off)
+    assert result["independent"] is None and result["independent_accuracy"] is None
+    assert result["independent_worst_family"] is None
+    assert "not measured" in (tmp_path / "off" / "model_card.md").read_text().lower()
+    out = tmp_path / "bad"
+    with pytest.raises(ConfigError, match="unknown independent corruption 'fog'"):
+        evaluate.run(
+            str(model_dir), str(data), str(out), quick_config(**{"evaluate.independent": ["fog"]})
+        )
+    assert not out.exists()
 
 
 def test_bn_adaptation_restores_statistics(setup):

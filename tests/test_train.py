@@ -54,6 +54,9 @@ def test_train_exports_a_model_that_beats_chance(pbc_tfrecords, tmp_path):
     val = tfrecords.read_dataset(pbc_tfrecords, "val", 8, 32, batch_size=64)
     assert abs(metrics["val_accuracy"] - fitting.evaluate_accuracy(model, val)) < 1e-6
     assert metrics["bmk_val_accuracy"] is None and "bmk_accuracy" not in metrics
+    # Consistency training is off by default: plain CE, no JSD column in the curves.
+    assert metrics["consistency"] == "none" and metrics["consistency_weight"] == 0.0
+    assert "jsd" not in json.loads((out / "history.json").read_text())
     assert not fitting.default_work_dir(str(out)).exists()  # checkpoints cleaned up
     assert json.loads((out / "metrics.json").read_text()) == metrics
 

@@ -59,7 +59,8 @@ def _groups(model) -> dict[str, list[str]]:
 
     base = zoo.backbone_of(model)
     weighted = [layer for layer in base.layers if layer.weights]
-    top = {id(layer) for layer in weighted[-UNFREEZE:]}
+    convs = [w for w in weighted if not isinstance(w, layers.BatchNormalization)]
+    top = {id(layer) for layer in convs[-UNFREEZE:]}
     groups: dict[str, list[str]] = {"bn": [], "top": [], "lower": [], "head": []}
     for layer in weighted:
         if isinstance(layer, layers.BatchNormalization):

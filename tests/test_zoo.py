@@ -84,15 +84,24 @@ def test_caffe_preprocessing_survives_a_safe_mode_round_trip(tmp_path):
 def test_set_trainable_layers_freezes_and_unfreezes_the_top():
     model = zoo.build_model("resnet_mini", 8, 32)
     base = zoo.backbone_of(model)
+
+    def is_bn(layer) -> bool:
+        return type(layer).__name__.startswith("BatchNorm")
+
+    convs = [layer for layer in base.layers if layer.weights and not is_bn(layer)]
+    norms = [layer for layer in base.layers if is_bn(layer)]
     assert zoo.set_trainable_layers(model, 0) == 0
     assert not base.trainable_weights and model.trainable_weights  # the head still trains
-    assert zoo.set_trainable_layers(model, 3) >= 1
+    # The count is of weighted layers other than BatchNorm, which stays frozen.
+    assert zoo.set_trainable_layers(model, 3) == 3
     trainable = [layer for layer in base.layers if layer.trainable and layer.weights]
-    assert 1 <= len(trainable) <= 3
-    assert all(not type(layer).__name__.startswith("BatchNorm") for layer in trainable)
-    weighted = [layer for layer in base.layers if layer.weights]
-    assert trainable[-1] is weighted[-1] or type(weighted[-1]).__name__.startswith("BatchNorm")
-    assert zoo.set_trainable_layers(model, -1) == len(weighted)
+    assert trainable == convs[-3:]
+    assert not any(layer.trainable for layer in norms)
+    # Fine-tuning a pretrained backbone whole keeps its BatchNorm statistics as loaded...
+    assert zoo.set_trainable_layers(model, -1, freeze_batchnorm=True) == len(convs)
+    assert all(layer.trainable for layer in convs) and not any(n.trainable for n in norms)
+    # ...while from scratch (-1 on its own) everything learns, BatchNorm included.
+    assert zoo.set_trainable_layers(model, -1) == len(convs) + len(norms)
     assert all(layer.trainable for layer in base.layers)
 
 

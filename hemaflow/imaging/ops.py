@@ -51,6 +51,15 @@ MAX_HED_BIAS = 0.25
 MAX_DEPOSIT_THRESHOLD_DROP = 1.5
 MAX_BUBBLES = 3
 MAX_DUST_DENSITY = 0.004
+MAX_WB_TEMPERATURE = 0.16  # log-gain of red (+) and blue (-) along the blackbody axis
+MAX_WB_TINT = 0.08  # log-gain of green against magenta, off the blackbody axis
+MAX_WB_JITTER = 0.04  # independent per-channel log-gain (sensor/filter spread)
+MAX_STAIN_VECTOR_JITTER = 0.25  # per OD component of a unit stain vector (up to ~25 deg)
+PRECIPITATE_THRESHOLD = (2.8, 1.1)  # field threshold at strength 0+ and at 1
+PRECIPITATE_SOFTNESS = 0.8  # width of the soft edge, in field standard deviations
+MAX_FIBRES = 4
+FIBRE_SEGMENTS = 6
+MAX_DUST_DISCS = 5
 
 
 def _tf():
@@ -495,6 +504,69 @@ def stain_shift(images: Any, strength: Any, seed: Any) -> tf.Tensor:
     return restore(hed_to_rgb(hed * scale + bias), images)
 
 
+def stain_vectors(images: Any, strength: Any, seed: Any) -> tf.Tensor:
+    """Stain colour change: each image is re-rendered with its own perturbed stain matrix.
+
+    Where :func:`stain_shift` changes how much of each stain there is, this changes what
+    colour each stain is (a different dye lot, pH or fixation; the stain-matrix
+    augmentation of Tellez et al. 2019): the image is deconvolved with the reference
+    (Ruifrok-Johnston) vectors and rebuilt with vectors moved by up to 0.25 x strength per
+    optical-density component (a uniform draw per image, stain and channel, fixed by
+    ``seed``), kept positive and at the reference length, so hue moves and intensity does
+    not. Strength 0 is identity up to the round trip through optical density.
+    """
+    tf = _tf()
+    x = as_float(images)
+    s = per_image(strength, x)[:, None, None]
+    rgb_from_hed, _ = _stain_matrices()
+    jitter = tf.random.stateless_uniform(
+        tf.stack([tf.shape(x)[0], 3, 3]), check_seed(seed), -1.0, 1.0
+    )
+    moved = tf.maximum(rgb_from_hed[None] + jitter * MAX_STAIN_VECTOR_JITTER * s, 1e-3)
+    length = tf.norm(rgb_from_hed, axis=1)[None, :, None]
+    moved = moved / tf.norm(moved, axis=2, keepdims=True) * length
+    od = tf.einsum("bhws,bsc->bhwc", rgb_to_hed(x), moved)
+    return restore(tf.clip_by_value(255.0 * tf.exp(-od), 0.0, 255.0), images)
+
+
+def white_balance_gains(strength: tf.Tensor, seed: Any) -> tf.Tensor:
+    """Per-image RGB gains [B, 3] of an illuminant or white-balance change.
+
+    Log-gains are a first-order Planckian locus: a temperature draw t raises red and lowers
+    blue by 0.16 x t (a warmer or cooler lamp), a tint draw m moves green against magenta
+    by 0.08 x m, and each channel gets up to 0.04 of its own; all scale with ``strength``
+    and t, m are uniform in [-1, 1]. The log-gains sum to 0 (a geometric mean gain of 1),
+    so the illuminant's colour changes and its intensity does not (exposure is
+    :func:`brightness`): red and blue move by up to about 20% at strength 1 (25% at the far
+    corners of the draw), green by up to about 10%.
+    """
+    tf = _tf()
+    b = tf.shape(strength)[0]
+    temp_seed, tint_seed, jitter_seed = _seeds(seed, 3)
+    temperature = tf.random.stateless_uniform(tf.stack([b, 1]), temp_seed, -1.0, 1.0)
+    tint = tf.random.stateless_uniform(tf.stack([b, 1]), tint_seed, -1.0, 1.0)
+    jitter = tf.random.stateless_uniform(tf.stack([b, 3]), jitter_seed, -1.0, 1.0)
+    jitter = jitter - tf.reduce_mean(jitter, axis=1, keepdims=True)  # zero-sum, like the axes
+    log_gain = (
+        MAX_WB_TEMPERATURE * temperature * tf.constant([[1.0, 0.0, -1.0]])
+        + MAX_WB_TINT * tint * tf.constant([[-0.5, 1.0, -0.5]])
+        + MAX_WB_JITTER * jitter
+    )
+    return tf.exp(log_gain * strength[:, None])
+
+
+def white_balance(images: Any, strength: Any, seed: Any) -> tf.Tensor:
+    """Illuminant / white-balance change: one gain per channel and image (up to about +-20%
+    of red and blue at strength 1, see :func:`white_balance_gains`); the background turns warm,
+    cool, greenish or magenta and saturates where a gain passes 255. 0 is identity.
+    """
+    tf = _tf()
+    x = as_float(images)
+    s = per_image(strength, x)
+    gains = white_balance_gains(s, seed)[:, None, None, :]
+    return restore(tf.where((s > 0)[:, None, None, None], x * gains, x), images)
+
+
 # ---------------------------------------------------------------------------------------------
 # Slide and optics artefacts
 # ---------------------------------------------------------------------------------------------
@@ -595,6 +667,160 @@ def dust(images: Any, strength: Any, seed: Any) -> tf.Tensor:
     return restore(_blend(x, (45, 40, 38), alpha), images)
 
 
+PRECIPITATE_COLOURS = ((58, 26, 92), (100, 48, 142))
+"""Dark violet to blue-purple: the range of dried, precipitated Romanowsky dye."""
+FIBRE_COLOUR = (78, 72, 66)
+"""Grey-brown of a cellulose or lint fibre seen in transmitted light."""
+
+
+def _smoothstep(t: tf.Tensor) -> tf.Tensor:
+    """0 below 0, 1 above 1, a smooth S in between (zero slope at both ends: soft edges)."""
+    tf = _tf()
+    t = tf.clip_by_value(t, 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+def _uniform(seed: Any, batch: tf.Tensor, count: int, low: float, high: float) -> tf.Tensor:
+    """Per-image draws [B, count] uniform in [low, high)."""
+    tf = _tf()
+    return tf.random.stateless_uniform(tf.stack([batch, count]), check_seed(seed), low, high)
+
+
+def precipitate(images: Any, strength: Any, seed: Any) -> tf.Tensor:
+    """Translucent blotches of precipitated dye with irregular outlines and soft edges.
+
+    The outline is the level set of a three-octave smooth random field (4, 10 and 28 blobs
+    across), so it is ragged at every scale; the edge fades over 0.8 field standard
+    deviations, and each image's blotches have one opacity (0.55-0.9) and one colour
+    between dark violet and blue-purple. The threshold falls with the strength from 2.8 to
+    1.1 standard deviations, so the same blotches grow (to about a seventh of the image,
+    on average, at 1); 0 is identity. Unlike :func:`stain_deposits` (hard-edged speckled
+    spots all over) these are a few large, see-through smears.
+    """
+    tf = _tf()
+    x = as_float(images)
+    b = tf.shape(x)[0]
+    coarse_seed, mid_seed, fine_seed, opacity_seed, colour_seed = _seeds(seed, 5)
+    s = per_image(strength, x)[:, None, None]
+    field = (
+        _smooth_noise(coarse_seed, x, 4)
+        + 0.5 * _smooth_noise(mid_seed, x, 10)
+        + 0.25 * _smooth_noise(fine_seed, x, 28)
+    )
+    mean, var = tf.nn.moments(field, axes=[1, 2], keepdims=True)
+    field = (field - mean) / tf.sqrt(var + 1e-6)
+    start, end = PRECIPITATE_THRESHOLD
+    threshold = start - (start - end) * s
+    opacity = _uniform(opacity_seed, b, 1, 0.55, 0.9)[:, :, None]
+    alpha = tf.where(s > 0, _smoothstep((field - threshold) / PRECIPITATE_SOFTNESS) * opacity, 0.0)
+    t = _uniform(colour_seed, b, 1, 0.0, 1.0)[:, None, None, :]
+    dark, light = (tf.constant(c, tf.float32) for c in PRECIPITATE_COLOURS)
+    colour = dark + (light - dark) * t
+    return restore(x * (1 - alpha[..., None]) + colour * alpha[..., None], images)
+
+
+def _segment_distance2(yy, xx, start: tuple, end: tuple) -> tf.Tensor:
+    """Squared distance [B, H, W] from every pixel to the segment start-end ([B, 1, 1])."""
+    tf = _tf()
+    (y0, x0), (y1, x1) = start, end
+    dy, dx = y1 - y0, x1 - x0
+    t = ((yy - y0) * dy + (xx - x0) * dx) / tf.maximum(dy * dy + dx * dx, 1e-6)
+    t = tf.clip_by_value(t, 0.0, 1.0)
+    return (yy - y0 - t * dy) ** 2 + (xx - x0 - t * dx) ** 2
+
+
+def _bezier(p0: tuple, p1: tuple, p2: tuple, t: float) -> tuple:
+    """Point at ``t`` of the quadratic Bezier curve p0-p1-p2 (each a (y, x) pair)."""
+    return tuple(
+        (1 - t) ** 2 * a + 2 * (1 - t) * t * c + t**2 * e
+        for a, c, e in zip(p0, p1, p2, strict=True)
+    )
+
+
+def _curve_distance2(yy, xx, start: tuple, angle, length, bend) -> tf.Tensor:
+    """Squared distance [B, H, W] to a bent fibre: a Bezier curve from ``start`` at ``angle`` (rad)
+    to ``length`` px away, its control point ``bend`` px off the chord; all [B, 1, 1]."""
+    tf = _tf()
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    end = (start[0] + length * sin, start[1] + length * cos)
+    control = ((start[0] + end[0]) / 2 + bend * cos, (start[1] + end[1]) / 2 - bend * sin)
+    points = [_bezier(start, control, end, j / FIBRE_SEGMENTS) for j in range(FIBRE_SEGMENTS + 1)]
+    distance2 = _segment_distance2(yy, xx, points[0], points[1])
+    for a, e in zip(points[1:-1], points[2:], strict=True):
+        distance2 = tf.minimum(distance2, _segment_distance2(yy, xx, a, e))
+    return distance2
+
+
+def fibres(images: Any, strength: Any, seed: Any) -> tf.Tensor:
+    """Thin, curved, translucent fibres or lint lying on the slide.
+
+    Up to four per image (one more for each quarter of strength), each a quadratic Bezier
+    curve 30-90 px long (at 128 px), bent by up to a third of its length, 0.5-1.3 px
+    thick with a soft Gaussian profile and 0.35-0.7 opacity (times 0.5 + 0.5 x strength);
+    0 is identity. Places, shapes and widths depend only on ``seed``.
+    """
+    tf = _tf()
+    x = as_float(images)
+    b = tf.shape(x)[0]
+    size = tf.cast(tf.shape(x)[1], tf.float32)
+    s = per_image(strength, x)
+    seeds = _seeds(seed, 7)
+    n = MAX_FIBRES
+    draws = {
+        "y": _uniform(seeds[0], b, n, 0.0, 1.0) * size,
+        "x": _uniform(seeds[1], b, n, 0.0, 1.0) * size,
+        "angle": _uniform(seeds[2], b, n, 0.0, 2 * math.pi),
+        "length": _uniform(seeds[3], b, n, 30.0, 90.0) * _scale(x),
+        "bend": _uniform(seeds[4], b, n, -0.33, 0.33),
+        "width": _uniform(seeds[5], b, n, 0.5, 1.3) * _scale(x),
+        "opacity": _uniform(seeds[6], b, n, 0.35, 0.7) * (0.5 + 0.5 * s[:, None]),
+    }
+    yy, xx = _coords(x)
+    transmitted = tf.ones_like(x[..., 0])
+    for k in range(n):
+        d = {name: v[:, k, None, None] for name, v in draws.items()}
+        distance2 = _curve_distance2(
+            yy, xx, (d["y"], d["x"]), d["angle"], d["length"], d["bend"] * d["length"]
+        )
+        active = tf.cast(s > k / n, tf.float32)[:, None, None]
+        alpha = d["opacity"] * tf.exp(-distance2 / d["width"] ** 2) * active
+        transmitted = transmitted * (1 - alpha)
+    alpha = (1 - transmitted)[..., None]
+    return restore(x * (1 - alpha) + tf.constant(FIBRE_COLOUR, tf.float32) * alpha, images)
+
+
+def defocused_dust(images: Any, strength: Any, seed: Any) -> tf.Tensor:
+    """Dust on the condenser or a lens, far out of focus: faint, soft-edged grey discs.
+
+    An out-of-focus absorber spreads its shadow over a disc, so each of up to five discs
+    (one more for each fifth of strength) dims the light passing through it by 6-18%
+    (times 0.5 + 0.5 x strength), a little more on a rim (the defocus ring), fading out
+    over the outer quarter of its 5-16 px radius (at 128 px); neutral, multiplicative, so
+    colours keep their hue. 0 is identity.
+    """
+    tf = _tf()
+    x = as_float(images)
+    b = tf.shape(x)[0]
+    size = tf.cast(tf.shape(x)[1], tf.float32)
+    s = per_image(strength, x)
+    seeds = _seeds(seed, 3)
+    centres = _uniform(seeds[0], b, 2 * MAX_DUST_DISCS, 0.0, 1.0) * size
+    radius = _uniform(seeds[1], b, MAX_DUST_DISCS, 5.0, 16.0) * _scale(x)
+    dimming = _uniform(seeds[2], b, MAX_DUST_DISCS, 0.06, 0.18) * (0.5 + 0.5 * s[:, None])
+    yy, xx = _coords(x)
+    transmitted = tf.ones_like(x[..., 0])
+    for k in range(MAX_DUST_DISCS):
+        cy = centres[:, 2 * k, None, None]
+        cx = centres[:, 2 * k + 1, None, None]
+        rho = tf.sqrt((yy - cy) ** 2 + (xx - cx) ** 2) / radius[:, k, None, None]
+        disc = _smoothstep((1.0 - rho) / 0.25)
+        rim = tf.exp(-(((rho - 0.85) / 0.1) ** 2))
+        active = tf.cast(s > k / MAX_DUST_DISCS, tf.float32)[:, None, None]
+        alpha = dimming[:, k, None, None] * (disc + 0.5 * rim) * active
+        transmitted = transmitted * (1 - tf.minimum(alpha, 1.0))
+    return restore(x * transmitted[..., None], images)
+
+
 OPS = {
     "gaussian_blur": gaussian_blur,
     "defocus_blur": defocus_blur,
@@ -608,9 +834,14 @@ OPS = {
     "contrast": contrast,
     "saturation": saturation,
     "stain_shift": stain_shift,
+    "stain_vectors": stain_vectors,
+    "white_balance": white_balance,
     "stain_deposits": stain_deposits,
     "bubbles": bubbles,
     "dust": dust,
+    "precipitate": precipitate,
+    "fibres": fibres,
+    "defocused_dust": defocused_dust,
 }
 """Every op by name."""
 
@@ -621,9 +852,14 @@ SEEDED = frozenset(
         "shot_noise",
         "impulse_noise",
         "stain_shift",
+        "stain_vectors",
+        "white_balance",
         "stain_deposits",
         "bubbles",
         "dust",
+        "precipitate",
+        "fibres",
+        "defocused_dust",
     }
 )
 """Ops that take a ``seed`` (the others are deterministic functions of image and strength)."""

@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from hemaflow import storage
-from hemaflow.config import Config, ConfigError, HeadConfig, Optimizer, Schedule, TrainConfig
+from hemaflow.config import (
+    Config,
+    ConfigError,
+    ConsistencyConfig,
+    HeadConfig,
+    Optimizer,
+    Schedule,
+    TrainConfig,
+)
 from hemaflow.errors import HemaflowError
 from hemaflow.modeling import checkpoints
 from hemaflow.storage import MANIFEST
@@ -95,6 +103,7 @@ def dataset(
     train: bool = False,
     seed: int = 0,
     max_images: int = 0,
+    consistency: ConsistencyConfig | None = None,
 ):
     """Batches of (uint8 images, soft labels) for ``split``.
 
@@ -104,11 +113,14 @@ def dataset(
     records: balance-and-augment writes the training split in a seeded random order, so
     they are a fixed random sample (a budget for comparison and tuning runs). Training
     batches also get a fresh random dihedral view per image every epoch
-    (:func:`random_dihedral`).
+    (:func:`random_dihedral`). With an ``augmix_jsd`` ``consistency``, each training batch of
+    B images becomes [that view; two AugMix views of it] (3B images, B labels), for
+    :class:`~hemaflow.modeling.consistency.ConsistencyTrainer`.
     """
     import tensorflow as tf
 
     from hemaflow.data import tfrecords
+    from hemaflow.modeling import consistency as consistency_loss
 
     size = split_size(info, split)
     ds = tfrecords.read_dataset(
@@ -125,10 +137,21 @@ def dataset(
     ds = ds.batch(batch_size).apply(batches)
     if train:
         noise = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        ds = tf.data.Dataset.zip(ds, noise).map(
-            lambda batch, r: (random_dihedral(batch[0], tf.stack([r, seed])), batch[1]),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
+        if consistency_loss.enabled(consistency):
+
+            def views(batch, r):
+                clean = random_dihedral(batch[0], tf.stack([r, seed]))
+                # The AugMix views start from the same dihedral view, as the paper's start
+                # from the flipped, cropped image; their own seed stream.
+                pair = tf.stack([r, -1 - tf.cast(seed, tf.int64)])
+                return consistency_loss.augmix_views(clean, pair, consistency), batch[1]
+
+        else:
+
+            def views(batch, r):
+                return random_dihedral(batch[0], tf.stack([r, seed])), batch[1]
+
+        ds = tf.data.Dataset.zip(ds, noise).map(views, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -578,6 +601,7 @@ def build(s: Setup, config: Config, hp: Hparams):
         dense=hp.dense,
         dropout=hp.dropout,
         weights_fallback=config.model.weights_fallback,
+        colour_constancy=config.model.colour_constancy,
     )
 
 
@@ -593,8 +617,10 @@ def compile_phase(s: Setup, model, hp: Hparams, learning_rate: float, epochs: in
 BMK_VAL = "bmk_val"
 
 
-def data(s: Setup, seed: int):
+def data(s: Setup, seed: int, consistency: ConsistencyConfig | None = None):
     """(train, val, bmk_val or None) datasets at the global batch size.
+
+    ``consistency`` (final training only) adds the AugMix views to the training batches.
 
     Never test or Bmk: every choice the model stages make sees train and val only, so the
     test figures evaluate reports stay out of sample. A folder written before augment made
@@ -603,7 +629,13 @@ def data(s: Setup, seed: int):
     from hemaflow.data import tfrecords
 
     train_ds = dataset(
-        s.info, "train", s.batch_size, train=True, seed=seed, max_images=s.train_images
+        s.info,
+        "train",
+        s.batch_size,
+        train=True,
+        seed=seed,
+        max_images=s.train_images,
+        consistency=consistency,
     )
     val_ds = dataset(s.info, "val", s.batch_size)
     if not tfrecords.has_split(s.info.data_dir, BMK_VAL):

@@ -3,7 +3,8 @@
 :func:`register_layers` defines and registers them on first call (keeping keras out of
 import time); :mod:`hemaflow.modeling.loading` calls it before every safe load, so each
 model hemaflow exports loads by name. :func:`dihedral_view` is the pure view maths shared
-by the :class:`DihedralView` layer and numpy callers, so both see exactly the same pixels.
+by the :class:`DihedralView` layer and numpy callers, so both see exactly the same pixels;
+:func:`colour_constancy` likewise is the maths of the :class:`ColourConstancy` layer.
 """
 
 from __future__ import annotations
@@ -13,6 +14,19 @@ import sys
 import numpy as np
 
 EPS = 1e-7
+
+COLOUR_CONSTANCY = ("none", "grey_world", "optical_density")
+"""``model.colour_constancy`` methods; "none" adds no layer (models as before the option)."""
+# Per-channel statistics of pbc128 (320 images, 40 per class), the look both methods render
+# every image back to, so the backbone's own preprocessing still sees a typical smear.
+REFERENCE_RGB_MEAN = (202.0, 169.3, 181.4)
+"""Mean R, G, B (0-255) of a pbc128 image."""
+REFERENCE_OD_MEAN = (0.291, 0.547, 0.351)
+"""Mean optical density -ln((I + 1) / 256) of a pbc128 image, per channel."""
+MIN_CHANNEL_MEAN = 1.0
+"""Floor of a channel mean (0-255) in grey-world: a black channel stays black, not inf."""
+MIN_OD_MEAN = 0.02
+"""Floor of a channel's mean optical density: a blank (white) image is not amplified wildly."""
 
 
 _REGISTERED: dict[str, type] = {}
@@ -126,7 +140,34 @@ def register_layers() -> dict[str, type]:
         def get_config(self):
             return {**super().get_config(), "temperature": self.temperature}
 
+    @keras.saving.register_keras_serializable(package="hemaflow")
+    class ColourConstancy(keras.layers.Layer):
+        """Per-image colour normalisation inside the model (see :func:`colour_constancy`).
+
+        Always float32 (also under a mixed policy): logs and ratios of 0-255 values lose
+        too much in bf16. Output is float32 0-255-like pixels, so any backbone
+        preprocessing can follow it.
+        """
+
+        def __init__(self, method: str, **kwargs):
+            kwargs["dtype"] = "float32"
+            super().__init__(**kwargs)
+            check_colour_constancy(method)
+            if method == "none":
+                raise ValueError(f"{self.name}: method 'none' needs no layer")
+            self.method = method
+
+        def call(self, images):
+            return colour_constancy(keras.ops.cast(images, "float32"), self.method, keras.ops)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return {**super().get_config(), "method": self.method}
+
     _REGISTERED.update(
+        ColourConstancy=ColourConstancy,
         DihedralView=DihedralView,
         ResizeImages=ResizeImages,
         WeightedAverage=WeightedAverage,
@@ -154,3 +195,65 @@ def dihedral_view(images, index: int, ops=np):
     if index & 4:
         images = ops.flip(images, axis=2)
     return images
+
+
+def check_colour_constancy(method: str) -> None:
+    """A clear error for an unknown ``model.colour_constancy`` method."""
+    if method not in COLOUR_CONSTANCY:
+        raise ValueError(
+            f"colour constancy {method!r} is unknown; known: {', '.join(COLOUR_CONSTANCY)}"
+        )
+
+
+def colour_constancy(images, method: str, ops=np):
+    """Float 0-255 images [N, H, W, 3] with the colour cast (``grey_world``) or the stain
+    intensity (``optical_density``) of each image replaced by pbc128's typical one.
+
+    ``ops`` is numpy or ``keras.ops``. Both methods render back into 0-255 pixels at
+    pbc128's reference statistics, so a backbone's own preprocessing (and its ImageNet
+    weights) still sees an ordinary-looking smear.
+    """
+    if method == "grey_world":
+        return grey_world(images, ops)
+    if method == "optical_density":
+        return optical_density_normalise(images, ops)
+    check_colour_constancy(method)
+    return images
+
+
+def grey_world(images, ops=np):
+    """Divide each channel by its mean over the image, times pbc128's mean of that channel.
+
+    A global per-channel gain (a lamp's colour temperature, a camera's white balance) then
+    cancels exactly. The mean runs over the whole image, background included, on purpose:
+    a smear is mostly bright, unstained background, which shows the illuminant itself, so
+    the mean is dominated by an estimate of the white point, which is the quantity to
+    correct. Averaging over the cell only would instead normalise away its stain colour,
+    which carries the class (eosinophil orange, basophil purple). Saturated (clipped)
+    pixels are not recovered: over-exposure is not a gain.
+    """
+    mean = ops.maximum(ops.mean(images, axis=(1, 2), keepdims=True), MIN_CHANNEL_MEAN)
+    return images * (_per_channel(REFERENCE_RGB_MEAN, ops) / mean)
+
+
+def optical_density_normalise(images, ops=np):
+    """Optical density OD = -ln((I + 1) / 256) per channel, divided by its mean over the
+    image, re-rendered at pbc128's mean OD of that channel.
+
+    Staining longer or with a stronger batch scales every stain concentration, so the OD
+    (Beer-Lambert: OD is proportional to concentration) by a factor, which this division
+    cancels; dividing per channel also cancels the nearest diagonal version of a change in
+    the haematoxylin-eosin balance. Unlike grey-world, the mean OD is dominated by stained
+    pixels (background OD is near 0), which is what measures stain intensity. A plain
+    mean, not a percentile: it is exactly scale-equivariant, cheap and has no ties.
+    """
+    od = -ops.log((images + 1.0) / 256.0)
+    mean = ops.maximum(ops.mean(od, axis=(1, 2), keepdims=True), MIN_OD_MEAN)
+    reference = _per_channel(REFERENCE_OD_MEAN, ops)
+    return ops.clip(256.0 * ops.exp(-od / mean * reference) - 1.0, 0.0, 255.0)
+
+
+def _per_channel(values: tuple[float, float, float], ops=np):
+    """Three channel constants shaped [1, 1, 1, 3] to broadcast over an image batch."""
+    array = np.reshape(np.asarray(values, np.float32), (1, 1, 1, 3))
+    return array if ops is np else ops.convert_to_tensor(array, "float32")

@@ -146,15 +146,59 @@ def classification_metrics(
     return out
 
 
+def grouped_summary(
+    corrupted: Mapping[str, Mapping[int, Mapping[str, float]]],
+    families: Mapping[str, str],
+) -> dict[str, Any]:
+    """Accuracy per family and per severity, and the worst family and the severity-5 figure.
+
+    A mean over one corruption suite hides where it fails: a model can shrug off noise and
+    collapse under colour casts. Means are over every (corruption, severity) cell of the
+    group, so a family's figure weighs its corruptions equally. ``severity5_accuracy`` is
+    None when severity 5 was not measured.
+    """
+    missing = [name for name in corrupted if name not in families]
+    if missing:
+        raise ValueError(f"families: no family for {', '.join(missing)}")
+    cells: dict[str, list[Mapping[str, float]]] = {}
+    by_sev: dict[int, list[Mapping[str, float]]] = {}
+    members: dict[str, list[str]] = {}
+    for name, by_severity in corrupted.items():
+        family = families[name]
+        members.setdefault(family, []).append(name)
+        for severity, row in by_severity.items():
+            cells.setdefault(family, []).append(row)
+            by_sev.setdefault(int(severity), []).append(row)
+
+    def means(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
+        return {
+            "accuracy": float(np.mean([r["accuracy"] for r in rows])),
+            "balanced_accuracy": float(np.mean([r["balanced_accuracy"] for r in rows])),
+        }
+
+    per_family = {f: {**means(rows), "corruptions": members[f]} for f, rows in cells.items()}
+    by_severity = {str(s): means(rows) for s, rows in sorted(by_sev.items())}
+    worst = min(per_family, key=lambda f: per_family[f]["accuracy"]) if per_family else None
+    return {
+        "per_family": per_family,
+        "by_severity": by_severity,
+        "worst_family": worst,
+        "worst_family_accuracy": None if worst is None else per_family[worst]["accuracy"],
+        "severity5_accuracy": by_severity.get("5", {}).get("accuracy"),
+    }
+
+
 def robustness_summary(
     clean_balanced_accuracy: float,
     corrupted: Mapping[str, Mapping[int, Mapping[str, float]]],
+    families: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """MedMNIST-C summary from ``{corruption: {severity: {"accuracy", "balanced_accuracy"}}}``.
 
     Per corruption: balanced error averaged over severities, its difference from and ratio to
     the clean balanced error, and mean accuracy. Overall: the means of those over corruptions
-    and the mean accuracy over every corruption x severity.
+    and the mean accuracy over every corruption x severity. With ``families`` (corruption ->
+    family) also :func:`grouped_summary`'s per-family and per-severity figures.
     """
     if not corrupted:
         raise ValueError("corrupted: no corruption results to summarise")
@@ -180,6 +224,7 @@ def robustness_summary(
             },
         }
     ratios = [p["balanced_error_ratio"] for p in per.values()]
+    grouped = grouped_summary(corrupted, families) if families is not None else {}
     return {
         "clean_balanced_error": clean_be,
         "mean_balanced_error": float(np.mean([p["balanced_error"] for p in per.values()])),
@@ -192,4 +237,5 @@ def robustness_summary(
         "corrupted_accuracy": float(np.mean(all_acc)),
         "corrupted_balanced_accuracy": float(np.mean(all_bacc)),
         "per_corruption": per,
+        **grouped,
     }

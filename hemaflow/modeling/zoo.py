@@ -3,11 +3,14 @@
 Every model takes raw uint8 RGB ``[None, S, S, 3]`` and does its backbone's own preprocessing
 inside, so an exported model needs nothing but pixels. Layout of a built model::
 
-    images (uint8) -> preprocessing (float32) -> "backbone" (nested model) -> head -> softmax
+    images (uint8) -> [colour constancy] -> preprocessing (float32) -> "backbone" -> head -> softmax
 
 The preprocessing layers are created in float32 before the dtype policy applies, and the
 softmax is float32 under every policy, so bf16/fp16 never reaches the probabilities.
-Only built-in Keras layers are used, so models load with safe_mode=True as they are.
+Only built-in Keras layers are used, so models load with safe_mode=True as they are; the
+optional colour-constancy layer (``model.colour_constancy``) is hemaflow's registered
+:class:`~hemaflow.modeling.layers.ColourConstancy`, which
+:func:`hemaflow.modeling.loading.load_model` registers before loading.
 The backbone is a nested model named ``backbone`` so that :func:`set_trainable_layers` can
 freeze or unfreeze its top layers for fine-tuning.
 """
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hemaflow.config import ConfigError, HeadConfig
+from hemaflow.modeling.layers import COLOUR_CONSTANCY
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +149,22 @@ def preprocessing_layers(mode: str) -> list:
             ),
         ]
     raise ValueError(f"preprocess mode {mode!r} is unknown")
+
+
+def colour_constancy_layers(method: str) -> list:
+    """The colour-normalisation layer for ``method`` (none for "none"), ahead of preprocessing.
+
+    A layer of the saved model, so serving normalises exactly as training did.
+    """
+    if method not in COLOUR_CONSTANCY:
+        raise ConfigError(
+            f"model.colour_constancy: {method!r} is unknown; known: {', '.join(COLOUR_CONSTANCY)}"
+        )
+    if method == "none":
+        return []
+    from hemaflow.modeling.layers import register_layers
+
+    return [register_layers()["ColourConstancy"](method, name="colour_constancy")]
 
 
 def _caffe_layer():
@@ -312,6 +332,7 @@ def build_model(
     dense: list[int] | None = None,
     dropout: float | None = None,
     weights_fallback: str = "error",
+    colour_constancy: str = "none",
 ):
     """Raw uint8 images in, float32 class probabilities out.
 
@@ -319,8 +340,11 @@ def build_model(
     for the backbone, or ``"none"``. ``dense``/``dropout`` override ``head`` (for tuning).
     ``weights_fallback="random"``: weights that cannot be loaded leave the backbone random;
     the model's ``weights_fallback_note`` (empty when the weights loaded) says so.
+    ``colour_constancy`` (``model.colour_constancy``): "none", "grey_world" or
+    "optical_density", a per-image colour normalisation layer before the preprocessing.
     """
     spec = backbone_spec(backbone)  # an unknown name fails before keras loads
+    normalise = colour_constancy_layers(colour_constancy)
     import keras
     from keras import layers
 
@@ -337,7 +361,7 @@ def build_model(
 
     inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="images")
     x = inputs
-    for layer in preprocessing_layers(spec.preprocess):
+    for layer in [*normalise, *preprocessing_layers(spec.preprocess)]:
         x = layer(x)
     with precision.policy_scope(policy):
         base, note = _backbone(backbone, image_size, weights_path, weights_fallback)
@@ -368,28 +392,35 @@ def backbone_of(model):
         raise ValueError(f"model {model.name!r} has no nested {BACKBONE_LAYER!r} model") from exc
 
 
-def set_trainable_layers(model, n_top: int) -> int:
-    """Freeze the backbone except its top ``n_top`` weighted layers; -1 unfreezes everything.
+def set_trainable_layers(model, n_top: int, freeze_batchnorm: bool | None = None) -> int:
+    """Freeze the backbone except its top ``n_top`` weighted layers; -1 unfreezes all of them.
 
-    With ``n_top >= 0`` BatchNormalization layers stay frozen (inference mode), the usual
-    rule for fine-tuning pretrained nets on small data; with -1 (from scratch) they train.
+    BatchNormalization layers are not counted and, with ``freeze_batchnorm``, stay frozen
+    (inference mode, their statistics as loaded): the usual rule for fine-tuning pretrained
+    nets on small data, where a few batches' statistics would overwrite ImageNet's. By
+    default they are frozen unless ``n_top`` is -1 (from scratch, where they must learn);
+    a pretrained backbone fine-tuned with -1 passes ``freeze_batchnorm=True``.
     Returns the number of trainable backbone layers. Recompile the model afterwards.
     """
     from keras import layers
 
+    if freeze_batchnorm is None:
+        freeze_batchnorm = n_top >= 0
     base = backbone_of(model)
-    weighted = [layer for layer in base.layers if layer.weights]
-    if n_top < 0:
-        base.trainable = True
-        for layer in base.layers:
-            layer.trainable = True
-        return len(weighted)
-    base.trainable = n_top > 0
+    weighted = [
+        layer
+        for layer in base.layers
+        if layer.weights and not isinstance(layer, layers.BatchNormalization)
+    ]
+    base.trainable = n_top != 0
     if not n_top:
         return 0
-    top = {id(layer) for layer in weighted[-n_top:]}
+    top = {id(layer) for layer in (weighted if n_top < 0 else weighted[-n_top:])}
     count = 0
     for layer in base.layers:
-        layer.trainable = id(layer) in top and not isinstance(layer, layers.BatchNormalization)
+        if isinstance(layer, layers.BatchNormalization):
+            layer.trainable = not freeze_batchnorm
+        else:
+            layer.trainable = id(layer) in top or (n_top < 0 and not layer.weights)
         count += layer.trainable and bool(layer.weights)
     return count

@@ -23,6 +23,44 @@ def _num(value: Any) -> str:
     return "n/a" if value is None else f"{float(value):.4f}"
 
 
+def independent_lines(metrics: dict[str, Any]) -> list[str]:
+    """The card's independent benchmark section: the own suite shares its ops with training
+    augmentation, so its figure must never be read alone."""
+    block = metrics.get("independent")
+    lines = ["", "### Independent corruption benchmark (albumentations)"]
+    if not block:
+        return [
+            *lines,
+            "Not measured in this evaluation: the own-suite figure above shares its ops with "
+            "training augmentation and is optimistic on its own.",
+        ]
+    own = (metrics.get("robustness") or {}).get("per_family", {})
+    lines += [
+        f"Corrupted accuracy {_pct(block['accuracy'])} on corruptions from a library training "
+        f"never uses, against {_pct(metrics.get('corrupted_accuracy'))} on the own suite "
+        "(built from the same ops as training augmentation, so optimistic). Severity 5: "
+        f"{_pct(block['severity5_accuracy'])} (own suite "
+        f"{_pct(metrics.get('corrupted_severity5_accuracy'))}). Worst family: "
+        f"{block['worst_family']} ({_pct(block['worst_family_accuracy'])}).",
+        "",
+        "| family | own suite | independent | training policy has this kind |",
+        "|---|---|---|---|",
+    ]
+    for family, row in block["per_family"].items():
+        lines.append(
+            f"| {family} | {_pct(own.get(family, {}).get('accuracy'))} | "
+            f"{_pct(row['accuracy'])} | {row['training_policy_has_kind']} |"
+        )
+    adapted = block.get("bn_adaptation")
+    if adapted:
+        lines += [
+            "",
+            f"With test-time BatchNorm adaptation: independent accuracy "
+            f"{_pct(adapted['accuracy'])} (without: {_pct(block['accuracy'])}).",
+        ]
+    return lines
+
+
 def model_card(
     model_manifest: dict[str, Any], metrics: dict[str, Any], data_manifest: dict[str, Any]
 ) -> str:
@@ -96,8 +134,15 @@ def model_card(
         f"| ECE (15 bins) | {_num(metrics.get('ece'))} |",
         f"| log-loss | {_num(metrics.get('log_loss'))} |",
         f"| Bmk accuracy | {_pct(metrics.get('bmk_accuracy'))} |",
-        f"| corrupted accuracy (mean over corruptions x severities) | "
+        f"| corrupted accuracy, own suite (mean over corruptions x severities) | "
         f"{_pct(metrics.get('corrupted_accuracy'))} |",
+        f"| corrupted accuracy, independent benchmark (albumentations) | "
+        f"{_pct(metrics.get('independent_accuracy'))} |",
+        f"| independent benchmark at severity 5 | "
+        f"{_pct(metrics.get('independent_severity5_accuracy'))} |",
+        f"| independent benchmark, worst family "
+        f"({metrics.get('independent_worst_family') or 'n/a'}) | "
+        f"{_pct(metrics.get('independent_worst_family_accuracy'))} |",
         "",
         "### Per class (test)",
         "| class | precision | recall | F1 | support |",
@@ -139,14 +184,16 @@ def model_card(
             ]
     else:
         lines.append("Not measured in this evaluation.")
+    lines += independent_lines(metrics)
     worst = sorted(
         robustness.get("per_corruption", {}).items(), key=lambda kv: -kv[1]["balanced_error"]
     )[:3]
     lines += [
         "",
         "## Limitations",
-        "- Trained and tested on images of one lab; the corruption suite approximates, but "
-        "does not replace, data from other scanners and stains.",
+        "- Trained and tested on images of one lab; the corruption suites approximate, but "
+        "do not replace, data from other scanners and stains. The own suite shares its ops "
+        "with training augmentation; read it beside the independent benchmark.",
         "- Classes are those of PBC only; any other cell (blasts, smudge cells, artefacts) "
         "is forced into one of them.",
     ]

@@ -22,6 +22,9 @@ HEADLINE_KEYS = (
     "macro_f1",
     "bmk_accuracy",
     "corrupted_accuracy",
+    "independent_accuracy",
+    "independent_worst_family_accuracy",
+    "independent_severity5_accuracy",
     "ece",
     "log_loss",
 )
@@ -67,6 +70,16 @@ def duration(seconds: float | None) -> str:
     return f"{minutes} min {rest:02d} s"
 
 
+def headline_label(key: str, metrics: dict[str, Any]) -> str:
+    """A card's label: the key in words, with the family named on a worst-family figure."""
+    label = key.replace("_", " ")
+    if key.endswith("worst_family_accuracy"):
+        family = metrics.get(key.removesuffix("_accuracy"))
+        if isinstance(family, str):
+            label += f" ({family})"
+    return label
+
+
 def task_groups(tasks: Sequence[PageTask]) -> list[list[PageTask]]:
     """Consecutive tasks of one fan-out (those with a backbone) grouped together, in order."""
     groups: list[list[PageTask]] = []
@@ -91,7 +104,7 @@ def render(page: RunPage) -> str:
     ]
     cards = [
         f'<div class="card"><div class="value">{e(_number(page.metrics[k]))}</div>'
-        f'<div class="key">{e(k.replace("_", " "))}</div></div>'
+        f'<div class="key">{e(headline_label(k, page.metrics))}</div></div>'
         for k in HEADLINE_KEYS
         if isinstance(page.metrics.get(k), int | float) and not isinstance(page.metrics[k], bool)
     ]

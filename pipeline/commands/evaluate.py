@@ -50,6 +50,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def independent_summary(result: dict) -> str:
+    """The independent benchmark's headline: accuracy, severity 5 and worst family."""
+    if result.get("independent_accuracy") is None:
+        return "off"
+    severity5 = result.get("independent_severity5_accuracy")
+    return (
+        f"accuracy {result['independent_accuracy']:.4f}, severity 5 "
+        f"{'n/a' if severity5 is None else f'{severity5:.4f}'}, worst family "
+        f"{result['independent_worst_family']} {result['independent_worst_family_accuracy']:.4f}"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from hemaflow.components import evaluate
 
@@ -61,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         f"  accuracy {result['accuracy']:.4f}, balanced accuracy {result['balanced_accuracy']:.4f}, "
         f"ECE {result['ece']:.4f}\n"
         f"  bmk accuracy {'n/a' if bmk is None else f'{bmk:.4f}'}, corrupted accuracy "
-        f"{result['corrupted_accuracy']:.4f}\n"
+        f"{result['corrupted_accuracy']:.4f} (own suite)\n"
+        f"  independent benchmark: {independent_summary(result)}\n"
         "  details: metrics.json, report.html and model_card.md in the output folder"
     )
     return 0
