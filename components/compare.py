@@ -15,6 +15,7 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 import typing
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ def run(data_dir: str, backbone: str, out_dir: str, config: Config) -> dict:
     from hemaflow.reporting.report import Report
 
     storage.check_output(out_dir, inputs=[data_dir])
+    start = time.perf_counter()
     s = fitting.setup(data_dir, backbone, config, config.compare.train_images)
     hp = fitting.default_hparams(config)
     train_ds, val_ds, bmk_val_ds = fitting.data(s, config.seed)
@@ -74,14 +76,17 @@ def run(data_dir: str, backbone: str, out_dir: str, config: Config) -> dict:
     scratch.cleanup()
     val_accuracy = fitting.evaluate_accuracy(model, val_ds)
     bmk_val = fitting.evaluate_accuracy(model, bmk_val_ds) if bmk_val_ds is not None else None
+    infer_rate = fitting.inference_rate(model, val_ds)
     result: dict[str, Any] = {
         "backbone": backbone,
         "val_accuracy": val_accuracy,
         "bmk_val_accuracy": bmk_val,
         "params": int(model.count_params()),
         "train_images_per_s": fitting.steady_rate(phase["rates"]),
-        "infer_images_per_s": fitting.inference_rate(model, val_ds),
+        "infer_images_per_s": infer_rate,
         "precision": s.policy,
+        # What a time-limited run plans with (hemaflow.planning): this machine's costs.
+        **epoch_timing(phase["rates"], s.train_images, time.perf_counter() - start),
         "epochs": config.compare.epochs,
         "image_size": s.info.image_size,
         "pretrained": s.pretrained,
@@ -104,6 +109,23 @@ def run(data_dir: str, backbone: str, out_dir: str, config: Config) -> dict:
         store.remove()
     log.info("%s: val %.4f, bmk_val %s", backbone, val_accuracy, bmk_val)
     return result
+
+
+def epoch_timing(rates: list[float], train_images: int, wall_seconds: float) -> dict[str, float]:
+    """Epoch seconds (steady and first), images per epoch and the time outside the epochs.
+
+    The planner scales them to train's epochs; a task's time outside its epochs (building,
+    scoring, export) is charged to every member.
+    """
+    seconds = [train_images / r for r in rates if r > 0]
+    steady = seconds[1:] or seconds
+    return {
+        "train_images": train_images,
+        "epoch_seconds": sum(steady) / len(steady) if steady else 0.0,
+        "first_epoch_seconds": seconds[0] if seconds else 0.0,
+        "wall_seconds": wall_seconds,
+        "overhead_seconds": max(wall_seconds - sum(seconds), 0.0),
+    }
 
 
 def score(result: dict, criterion: str) -> float:

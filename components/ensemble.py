@@ -165,6 +165,24 @@ def _check_members(manifests: list[dict], member_dirs: list[str], class_names, s
             )
 
 
+def finished_members(member_dirs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """The members that trained at least one whole epoch, and those left out with why.
+
+    A time-limited member whose deadline came before its first epoch ended (train's
+    metrics.json: ``completed_epochs`` 0) holds untrained weights that would only dilute the
+    ensemble. Members without that record (trained without a plan) are kept.
+    """
+    kept, left_out = [], []
+    for path in member_dirs:
+        record = storage.join(path, "metrics.json")
+        trained = json.loads(storage.read_text(record)) if storage.exists(record) else {}
+        if trained.get("stopped_by_deadline") and not trained.get("completed_epochs"):
+            left_out.append((path, "its deadline came before it finished one epoch"))
+        else:
+            kept.append(path)
+    return kept, left_out
+
+
 def run(data_dir: str, member_dirs: list[str], out_dir: str, config: Config) -> dict[str, Any]:
     """Fit weights and temperature on val, export the ensemble Model folder to ``out_dir``."""
     from hemaflow.modeling import export, inference, loading
@@ -173,6 +191,14 @@ def run(data_dir: str, member_dirs: list[str], out_dir: str, config: Config) -> 
     storage.check_output(out_dir, inputs=[data_dir, *member_dirs])
     if not member_dirs:
         raise StageError("ensemble: name at least one member model folder")
+    member_dirs, left_out = finished_members(member_dirs)
+    for path, reason in left_out:
+        log.warning("left out %s: %s", path, reason)
+    if not member_dirs:
+        raise StageError(
+            "ensemble: no member finished an epoch before its deadline; give the run a "
+            "longer --time-limit"
+        )
     val = labelled.read_split(data_dir, "val")
     manifests = [loading.read_model_manifest(p) for p in member_dirs]
     _check_members(manifests, member_dirs, val.class_names, val.image_size)
@@ -238,6 +264,7 @@ def run(data_dir: str, member_dirs: list[str], out_dir: str, config: Config) -> 
         "val_count": len(labels),
         "data_dir": str(data_dir),
         "note": "weights and temperature are fitted on val; these val numbers are in-sample",
+        "left_out": [{"path": str(p), "reason": r} for p, r in left_out],
     }
     with storage.artifact_dir(out_dir) as staging:
         export.export_model(
@@ -271,6 +298,9 @@ def run(data_dir: str, member_dirs: list[str], out_dir: str, config: Config) -> 
             "Val numbers of the ensemble are in-sample; the test split and Bmk are not used "
             "here (evaluate reports on them)."
         )
+        if left_out:
+            page.heading("Members left out")
+            page.table([{"path": str(p), "reason": r} for p, r in left_out], ["path", "reason"])
         page.figure(
             "ensemble_log_loss.png",
             plots.bar_chart(

@@ -52,6 +52,7 @@ def run(data_dir: str, backbone: str, hparams: str, out_dir: str, config: Config
         # What fit trains: the classifier, or a consistency trainer sharing its variables.
         fit_model = consistency.wrap(model, t.consistency)
     logs = work / fitting.TENSORBOARD_DIR  # kept with the checkpoints: a resumed run adds to it
+    deadlines = _deadlines(config)  # one per phase; empty without a time-limited plan
 
     phases: list[dict[str, Any]] = []
     if s.pretrained and t.warmup_epochs:
@@ -68,6 +69,7 @@ def run(data_dir: str, backbone: str, hparams: str, out_dir: str, config: Config
                 s.train_images,
                 tensorboard=fitting.tensorboard(s, logs / "warmup", config.seed),
                 store=store,
+                extra_callbacks=deadlines[:1],
             )
         )
     unfreeze = hp.unfreeze if s.pretrained else -1
@@ -86,6 +88,7 @@ def run(data_dir: str, backbone: str, hparams: str, out_dir: str, config: Config
             patience=t.early_stopping_patience,
             tensorboard=fitting.tensorboard(s, logs / "finetune", config.seed),
             store=store,
+            extra_callbacks=deadlines[1:],
         )
     )
 
@@ -97,6 +100,12 @@ def run(data_dir: str, backbone: str, hparams: str, out_dir: str, config: Config
             fitting.evaluate_accuracy(model, bmk_val_ds) if bmk_val_ds is not None else None
         ),
         "epochs_run": len(history.get("loss", [])),
+        # A time-limited plan's member: what it planned, what ran to the end, who stopped it.
+        "planned_epochs": t.epochs + (t.warmup_epochs if len(phases) > 1 else 0),
+        # Epochs a deadline cut short still validate (Keras): they do not count as run through.
+        "completed_epochs": len(history.get("loss", [])) - sum(d.cut_epochs for d in deadlines),
+        "stopped_by_deadline": any(d.stopped for d in deadlines),
+        "seed": config.seed,
         "resumed_from": phases[-1].get("resumed_from", 0),
         "train_images_per_s": fitting.steady_rate(phases[-1].get("rates", [])),
         "trainable_backbone_layers": trainable,
@@ -161,6 +170,16 @@ def run(data_dir: str, backbone: str, hparams: str, out_dir: str, config: Config
         metrics["wall_seconds"],
     )
     return metrics
+
+
+def _deadlines(config: Config) -> list:
+    """Two :class:`~hemaflow.modeling.callbacks.Deadline` (warm-up, fine-tune) at the
+    plan's ``budget.member_deadline``, or none without one."""
+    if not config.budget.member_deadline:
+        return []
+    from hemaflow.modeling.callbacks import Deadline
+
+    return [Deadline(config.budget.member_deadline) for _ in range(2)]
 
 
 def _concat(histories: list[dict[str, list[float]]]) -> dict[str, list[float]]:

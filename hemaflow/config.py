@@ -445,6 +445,37 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class BudgetConfig:
+    """A wall-clock budget for the whole run, which a plan after compare and tune turns into
+    members, epochs and test-time views (:mod:`hemaflow.planning`); 0 minutes = no budget."""
+
+    minutes: float = 0.0
+    # The run's end as epoch seconds (UTC), which ``hemaflow run --time-limit`` sets when it
+    # starts, so the plan knows the time already spent; 0: budget.minutes from the plan's start.
+    deadline: float = 0.0
+    # Members train side by side on separate nodes (cluster) instead of one after another on
+    # shared cores (a local run): the plan then budgets the longest member, not their sum.
+    parallel_members: bool = False
+    max_members: int = 3
+    # Share of what is left that the plan keeps in reserve against its own misprediction.
+    margin: float = 0.15
+    # Set by the plan for one member's train task: stop training at this wall-clock time.
+    member_deadline: float = 0.0
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.minutes < 0:
+            errors.append("minutes: must be 0 (no budget) or a positive number of minutes")
+        if self.deadline < 0 or self.member_deadline < 0:
+            errors.append("deadline: must be 0 (none) or epoch seconds")
+        if self.max_members < 1:
+            errors.append("max_members: must be at least 1")
+        if not 0.0 <= self.margin < 1.0:
+            errors.append("margin: must be in [0, 1)")
+        return errors
+
+
+@dataclass(frozen=True)
 class Toleration:
     key: str
     operator: Literal["Equal", "Exists"] = "Exists"
@@ -525,6 +556,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

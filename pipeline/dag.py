@@ -7,6 +7,11 @@ it (so a run whose ``config`` was changed at submission stops before any data is
 hands its canonical JSON to every other task; nothing inside the run reads a profile file,
 so a compiled pipeline reproduces its run whatever profiles the image ships.
 
+With ``budget.minutes`` > 0 a ``plan`` task follows tune: from what compare measured on this
+machine and the time left it decides the members (backbone, seed, epochs, deadline), and the
+training fan-out runs over its list (:mod:`hemaflow.planning`). Without a budget the DAG is
+the one above.
+
 The fan-outs live in a nested pipeline, ``select-and-train``, that receives the config and
 the backbones as its own inputs. Besides grouping the model-building half of the DAG, this
 keeps every value entering a ParallelFor a pipeline input: kfp.local (2.17) substitutes the
@@ -40,7 +45,8 @@ def build_pipeline(config: Config, target: Target = "kubeflow") -> Any:
 
     def task(name: str, **kwargs: Any) -> Any:
         t = ops[name](**kwargs)
-        resources.apply(t, resources.for_task(config, name), target, caching)
+        section = resources.for_task(config, BUDGET_TASK_RESOURCES.get(name, name))
+        resources.apply(t, section, target, caching)
         return t
 
     class Outputs(NamedTuple):
@@ -51,6 +57,8 @@ def build_pipeline(config: Config, target: Target = "kubeflow") -> Any:
 
     # Inside the pipeline functions below, ``config`` is the parameter (JSON), not the Config.
     defaults = parameters(config)
+    config_budget = config.budget
+    budgeted = config.budget.minutes > 0
 
     @dsl.pipeline(name="select-and-train")
     def select_and_train(
@@ -62,6 +70,31 @@ def build_pipeline(config: Config, target: Target = "kubeflow") -> Any:
         with dsl.ParallelFor(backbones, parallelism=parallelism) as candidate:
             cmp = task("compare", data=data, backbone=candidate, config=config)
         top = task("select-top-k", results=dsl.Collected(cmp.outputs["Output"]), config=config)
+        if budgeted:
+            # Tune as configured, then the plan; its members drive the training fan-out.
+            with dsl.ParallelFor(top.output, parallelism=parallelism) as chosen:
+                tun = task("tune", data=data, backbone=chosen, config=config)
+            plan = task(
+                "plan",
+                data=data,
+                results=dsl.Collected(cmp.outputs["Output"]),
+                hparams=dsl.Collected(tun.outputs["hparams"]),
+                config=config,
+            )
+            # Members one after another where they share cores (their deadlines assume it).
+            side_by_side = parallelism if config_budget.parallel_members else 1
+            with dsl.ParallelFor(plan.outputs["Output"], parallelism=side_by_side) as member:
+                trn = task(
+                    "train-member",
+                    data=data,
+                    backbone=member.backbone,
+                    member=member,
+                    config=config,
+                )
+            members = dsl.Collected(trn.outputs["model"])
+            # The plan's config: the test-time views it chose.
+            planned = task("plan-config", schedule=plan.outputs["schedule"], config=config).output
+            return task("ensemble", data=data, members=members, config=planned).outputs["model"]
         with dsl.ParallelFor(top.output, parallelism=parallelism) as chosen:
             tun = task("tune", data=data, backbone=chosen, config=config)
             trn = task(
@@ -92,6 +125,14 @@ def build_pipeline(config: Config, target: Target = "kubeflow") -> Any:
         f"(profile {config.profile}, target {target}).",
         pipeline_root=config.pipeline.pipeline_root or None,
     )
+
+
+#: Tasks of a time-limited run, and the task whose resources section each uses.
+BUDGET_TASK_RESOURCES = {
+    "plan": "select-top-k",
+    "plan-config": "select-top-k",
+    "train-member": "train",
+}
 
 
 def parameters(config: Config) -> dict[str, Any]:

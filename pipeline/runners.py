@@ -558,11 +558,14 @@ DAG_ORDER = (
     "compare",
     "select-top-k",
     "tune",
+    "plan",
+    "plan-config",
     "train",
+    "train-member",
     "ensemble",
     "evaluate",
 )
-TENSORBOARD_TASKS = ("compare", "tune", "train")
+TENSORBOARD_TASKS = ("compare", "tune", "train", "train-member")
 
 
 def ordered(tasks: list[TaskRun], backbones: list[str]) -> list[TaskRun]:
@@ -649,8 +652,13 @@ def write_run_page(
     notes = [f"TensorBoard: tensorboard --logdir {boards}"]
     if (run_dir / "model").is_dir():
         notes.insert(0, f"Model: {run_dir / 'model'} (hemaflow predict / hemaflow evaluate)")
+    plan = plan_summary(tasks, seconds)
+    if plan is not None:
+        storage.write_text_atomic(run_dir / "plan.json", json.dumps(plan, indent=2))
+        links.append(("plan.json (predicted and actual seconds)", "plan.json"))
     page = runpage.RunPage(
         title=f"hemaflow run: {config.profile}",
+        plan=plan,
         state=state,
         tasks=shown,
         metrics=metrics or {},
@@ -662,6 +670,44 @@ def write_run_page(
     index = run_dir / "index.html"
     storage.write_text_atomic(index, runpage.render(page))
     return index, boards
+
+
+def plan_summary(tasks: list[TaskRun], seconds: float) -> dict[str, Any] | None:
+    """A time-limited run's plan beside what happened: each member's predicted and actual
+    epochs and seconds, and the run's time against its limit; None without a plan."""
+    found = [t for t in tasks if t.name == "plan" and t.outputs.get("schedule")]
+    path = Path(str(found[-1].outputs["schedule"])) / "plan.json" if found else None
+    if path is None or not path.is_file():
+        return None
+    plan = json.loads(path.read_text())
+    trained: dict[tuple[str, int], tuple[TaskRun, dict[str, Any]]] = {}
+    for task in tasks:
+        record = Path(str(task.outputs.get("model", ""))) / "metrics.json"
+        if task.name == "train-member" and record.is_file():
+            metrics = json.loads(record.read_text())
+            trained[(str(task.backbone), int(metrics.get("seed", -1)))] = (task, metrics)
+    rows = []
+    for member in plan["members"]:
+        task, metrics = trained.get((member["backbone"], int(member["seed"])), (None, {}))
+        rows.append(
+            {
+                **{k: member[k] for k in ("index", "backbone", "seed", "epochs")},
+                "predicted_seconds": member["predicted_seconds"],
+                "actual_epochs": metrics.get("epochs_run"),
+                "completed_epochs": metrics.get("completed_epochs"),
+                "actual_seconds": task.seconds if task is not None else None,
+                "stopped_by_deadline": metrics.get("stopped_by_deadline"),
+            }
+        )
+    return {
+        "minutes": plan["minutes"],
+        "views": plan["views"],
+        "predicted": plan["predicted"],
+        "inputs": plan["inputs"],
+        "members": rows,
+        "run_seconds": seconds,
+        "within_limit": seconds <= plan["minutes"] * 60,
+    }
 
 
 def link_tensorboard(task: TaskRun, boards: Path) -> Path | None:

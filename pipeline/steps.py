@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import tempfile
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -86,6 +89,136 @@ def checkpointed(config: str, artifact: ArtifactLike, backbone: str) -> cfg.Conf
     if conf.train.checkpoint_dir or not uri or ("://" in uri and not storage.is_gcs(uri)):
         return conf
     return conf.replace({"train.checkpoint_dir": f"{uri}.checkpoints/{backbone}"})
+
+
+def plan(
+    results: list[dict[str, Any]],
+    tuned: list[str],
+    data_dir: str,
+    config: str,
+    out_dir: str,
+    now: float | None = None,
+) -> list[dict[str, Any]]:
+    """A time-limited run's plan (:func:`hemaflow.planning.make_plan`) from what compare
+    measured, the data's sizes and the clock: its members (:func:`planned_config` gives
+    the config ensemble gets).
+
+    Each member carries its backbone's tuned hyperparameters and its wall-clock deadline, so
+    a train task needs nothing but its item of the list. ``plan.json`` and a report go to
+    ``out_dir``. The run's deadline is ``budget.deadline`` (what ``hemaflow run`` set when it
+    started), else ``budget.minutes`` from now.
+    """
+    from hemaflow.components import compare
+
+    from hemaflow import planning
+    from hemaflow.imaging import corruptions
+    from hemaflow.modeling import fitting
+    from hemaflow.reporting.report import Report
+
+    conf = load(config)
+    now = time.time() if now is None else now
+    b = conf.budget
+    deadline = b.deadline or now + b.minutes * 60
+    tuned_hparams = {}
+    for folder in tuned:
+        raw = json.loads(storage.read_text(fitting.hparams_file(folder)))
+        tuned_hparams[raw["backbone"]] = raw["hparams"]
+    usable = [r for r in results if r.get("backbone") in tuned_hparams] or list(results)
+    criterion = conf.compare.criterion
+    if any(r.get("bmk_val_accuracy") is None for r in usable):
+        criterion = "val_accuracy"  # one yardstick for all, as select-top-k does
+    measured = [planning.Measured.from_result(r, compare.score(r, criterion)) for r in usable]
+    info = fitting.read_data_info(data_dir)
+    test = fitting.split_size(info, "test")
+    ev = conf.evaluate
+    sample = min(test, ev.max_images) if ev.max_images else test
+    sets = len(corruptions.corruption_names(ev.corruptions)) * len(ev.severities)
+    pretrained = any(r.get("pretrained") for r in usable)
+    work = planning.Workload(
+        train_images=fitting.split_size(info, "train"),
+        val_images=fitting.split_size(info, "val"),
+        eval_images=test + info.counts.get("bmk", 0),
+        corruption_images=sets * sample * (2 if ev.bn_adaptation else 1),
+        full_epochs=conf.train.epochs,
+        warmup_epochs=conf.train.warmup_epochs if pretrained else 0,
+    )
+    budget = planning.Budget(
+        seconds_left=deadline - now,
+        spent_seconds=max(b.minutes * 60 - (deadline - now), 0.0),
+        parallel=b.parallel_members,
+        margin=b.margin,
+        max_members=b.max_members,
+        views=conf.ensemble.views,
+        seed=conf.seed,
+    )
+    made = planning.make_plan(measured, work, budget)
+    members = [
+        {
+            "index": i,
+            "backbone": m.backbone,
+            "seed": m.seed,
+            "epochs": m.epochs,
+            "deadline": now + m.deadline_offset,
+            "predicted_seconds": m.predicted_seconds,
+            # As JSON text: a loop item's numbers come back as floats (units=512.0).
+            "hparams": json.dumps(tuned_hparams.get(m.backbone, {})),
+        }
+        for i, m in enumerate(made.members)
+    ]
+    record = {
+        **made.to_dict(),
+        "minutes": b.minutes,
+        "deadline": deadline,
+        "planned_at": now,
+        "members": [{k: v for k, v in m.items() if k != "hparams"} for m in members],
+    }
+    with storage.artifact_dir(out_dir) as staging:
+        storage.write_text_atomic(staging / "plan.json", json.dumps(record, indent=2))
+        report = Report("Time-limited plan")
+        report.paragraph(
+            f"Time limit {b.minutes:g} min: {budget.spent_seconds / 60:.1f} min spent before the "
+            f"plan, {budget.seconds_left / 60:.1f} min left, {b.margin:.0%} kept in reserve; "
+            f"members train {'side by side' if b.parallel_members else 'one after another'}; "
+            f"{made.views} test-time view(s). Tuning ran before the plan, as configured."
+        )
+        report.table(record["members"])
+        report.table([{k: round(v, 1) for k, v in made.predicted.items()}])
+        report.json_block(made.inputs)
+        report.write(staging)
+    return members
+
+
+def planned_config(config: str, plan_dir: str) -> str:
+    """``config`` with the test-time views a plan (its ``plan.json``) chose."""
+    record = json.loads(storage.read_text(storage.join(plan_dir, "plan.json")))
+    return load(config).replace({"ensemble.views": int(record["views"])}).to_json()
+
+
+def plan_predicted(artifact: ArtifactLike) -> dict[str, float]:
+    """The predicted seconds a plan task wrote (its ``plan.json``), for its Metrics."""
+    record = json.loads(storage.read_text(storage.join(location(artifact), "plan.json")))
+    return {k: float(v) for k, v in record["predicted"].items()}
+
+
+def member(config: str, artifact: ArtifactLike, item: dict[str, Any]) -> tuple[cfg.Config, str]:
+    """One planned member's config (its epochs, seed, deadline) and its hyperparameters file.
+
+    The epochs also size the learning-rate schedule, which train builds from ``train.epochs``.
+    """
+    conf = checkpointed(config, artifact, f"{item['backbone']}-{item['seed']}")
+    conf = conf.replace(
+        {
+            "seed": int(item["seed"]),
+            "train.epochs": int(item["epochs"]),
+            "budget.member_deadline": float(item["deadline"]),
+        }
+    )
+    hparams = ""
+    if item.get("hparams"):
+        handle, hparams = tempfile.mkstemp(prefix="hemaflow-hparams-", suffix=".json")
+        with os.fdopen(handle, "w") as f:
+            f.write(json.dumps({"hparams": json.loads(item["hparams"])}))
+    return conf, hparams
 
 
 def location(artifact: ArtifactLike) -> str:

@@ -142,6 +142,58 @@ def train(
     steps.log_metrics(metrics, result)
 
 
+def plan(
+    data: Input[Dataset],
+    results: List[dict],  # noqa: UP006
+    hparams: Input[List[Artifact]],  # noqa: UP006
+    config: str,
+    schedule: Output[Artifact],
+    metrics: Output[Metrics],
+) -> List[dict]:  # noqa: UP006
+    """A time limit turned into members, epochs and views from what compare measured here;
+    refuses a limit too short for one epoch of one member before any training starts.
+
+    One output only: kfp.local (2.17) loops over a task's ``Output``, not a named output."""
+    from hemaflow.pipeline import steps
+
+    members = steps.plan(
+        list(results),
+        [steps.location(h) for h in hparams],
+        steps.location(data),
+        config,
+        steps.location(schedule),
+    )
+    predicted = {f"predicted_{k}_seconds": v for k, v in steps.plan_predicted(schedule).items()}
+    steps.log_metrics(metrics, {"members": len(members), **predicted})
+    return members
+
+
+def plan_config(schedule: Input[Artifact], config: str) -> str:
+    """The config ensemble gets in a time-limited run: the test-time views the plan chose."""
+    from hemaflow.pipeline import steps
+
+    return steps.planned_config(config, steps.location(schedule))
+
+
+def train_member(
+    data: Input[Dataset],
+    backbone: str,
+    member: dict,
+    config: str,
+    model: Output[Model],
+    metrics: Output[Metrics],
+):
+    """Stage 5 for one member of a time-limited plan: its epochs, seed and deadline."""
+    from hemaflow.components import train as stage
+    from hemaflow.pipeline import steps
+
+    conf, hparams = steps.member(config, model, member)
+    result = stage.run(steps.location(data), backbone, hparams, steps.location(model), conf)
+    model.metadata["backbone"] = backbone
+    model.metadata["member"] = int(member["index"])
+    steps.log_metrics(metrics, result)
+
+
 def ensemble(
     data: Input[Dataset],
     members: Input[List[Model]],  # noqa: UP006
@@ -190,6 +242,9 @@ WRAPPERS = {
     "select-top-k": select_top_k,
     "tune": tune,
     "train": train,
+    "plan": plan,
+    "plan-config": plan_config,
+    "train-member": train_member,
     "ensemble": ensemble,
     "evaluate": evaluate,
 }

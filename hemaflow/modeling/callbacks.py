@@ -87,6 +87,57 @@ class FitProgress(keras.callbacks.Callback):
             self._bar = None
 
 
+class Deadline(keras.callbacks.Callback):
+    """Stop a fit at a wall-clock ``deadline`` (epoch seconds) that a time-limited plan set.
+
+    An epoch that would not end before the deadline (at the pace of the last one) is not
+    started; should one run over all the same, training stops after the batch that crossed
+    it (Keras still validates that epoch). The best weights so far are what the phase keeps
+    (:func:`hemaflow.modeling.fitting.run_phase` restores its best checkpoint). Whether the
+    deadline stopped the fit and how many epochs ran to their end stay on the callback.
+    """
+
+    def __init__(self, deadline: float, clock: Any = time.time) -> None:
+        super().__init__()
+        self.deadline = float(deadline)
+        self.clock = clock
+        self.stopped = False
+        self.completed_epochs = 0
+        self.cut_epochs = 0  # ended early by the deadline (Keras still validated them)
+        self._epoch_start = 0.0
+        self._cut = False
+        self._last = 0.0
+
+    def _stop(self) -> None:
+        self.stopped = True
+        self.model.stop_training = True
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if self.clock() >= self.deadline:
+            self._stop()
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch_start, self._cut = self.clock(), False
+        if self._epoch_start >= self.deadline:
+            self._cut = True
+            self._stop()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.clock() >= self.deadline:
+            self._cut = True
+            self._stop()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        now = self.clock()
+        if self._cut:
+            self.cut_epochs += 1
+            return
+        self.completed_epochs += 1
+        self._last = now - self._epoch_start
+        if now + self._last > self.deadline and epoch + 1 < self.params.get("epochs", 0):
+            self._stop()
+
+
 class TensorBoard(keras.callbacks.TensorBoard):
     """Keras's epoch scalars (loss, accuracy, val_*, learning rate) and what it lacks.
 

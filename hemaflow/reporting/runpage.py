@@ -56,6 +56,8 @@ class RunPage:
     seconds: float | None = None
     synthetic: bool = False
     notes: Sequence[str] = ()
+    # A time-limited run's plan with what happened (see hemaflow.pipeline.runners.plan_summary).
+    plan: dict[str, Any] | None = None
 
 
 def duration(seconds: float | None) -> str:
@@ -111,6 +113,8 @@ def render(page: RunPage) -> str:
     if cards:
         parts += ["<h2>Headline (test split)</h2>", f'<div class="cards">{"".join(cards)}</div>']
     parts += ["<h2>Tasks</h2>", _dag(page.tasks)]
+    if page.plan:
+        parts += ["<h2>Plan</h2>", _plan(page.plan)]
     if page.links:
         items = "".join(
             f'<li><a href="{e(href)}">{e(label)}</a></li>' for label, href in page.links
@@ -138,6 +142,43 @@ def _dag(tasks: Sequence[PageTask]) -> str:
         else:
             blocks.append(f'<div class="step">{table}</div>')
     return '<div class="dag">' + '<div class="arrow">&#8595;</div>'.join(blocks) + "</div>"
+
+
+def _plan(plan: dict[str, Any]) -> str:
+    """The time limit, predicted against actual seconds, and each member planned and run."""
+    e = html.escape
+    predicted = plan.get("predicted") or {}
+    within = "within" if plan.get("within_limit") else "over"
+    head = (
+        f"<p>Time limit {e(duration(plan['minutes'] * 60))}: the run took "
+        f"{e(duration(plan.get('run_seconds')))} ({within} the limit); after "
+        f"{e(duration(predicted.get('spent')))} before the plan, it predicted "
+        f"{e(duration(predicted.get('total')))} more (training "
+        f"{e(duration(predicted.get('train')))}, ensemble {e(duration(predicted.get('ensemble')))}, "
+        f"evaluation {e(duration(predicted.get('evaluate')))}); "
+        f"{e(str(plan.get('views')))} test-time view(s).</p>"
+    )
+    columns = ("member", "backbone", "seed", "epochs", "ran", "predicted", "actual", "deadline")
+    rows = "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{e(str(v))}</td>"
+            for v in (
+                m["index"],
+                m["backbone"],
+                m["seed"],
+                m["epochs"],
+                "" if m.get("actual_epochs") is None else m["actual_epochs"],
+                duration(m.get("predicted_seconds")),
+                duration(m.get("actual_seconds")),
+                "stopped it" if m.get("stopped_by_deadline") else "",
+            )
+        )
+        + "</tr>"
+        for m in plan.get("members", [])
+    )
+    header = "".join(f"<th>{c}</th>" for c in columns)
+    return f'{head}<table class="plan"><tr>{header}</tr>{rows}</table>'
 
 
 def _row(task: PageTask) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import time
 from typing import TextIO
 
 from hemaflow.pipeline.commands._common import add_config_options, config_from_args
@@ -34,6 +35,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-cache", action="store_true", help="rerun every task")
     parser.add_argument(
+        "--time-limit",
+        metavar="DURATION",
+        help="finish the whole run within DURATION (90s, 55m, 1h30m or plain minutes): a plan "
+        "after compare and tune picks members, epochs and views from this machine's measured "
+        "speed; sets budget.minutes",
+    )
+    parser.add_argument(
         "--smoke",
         action="store_true",
         help="preflight: the profile's own DAG shrunk to minutes on a CPU (32 px, a few "
@@ -50,7 +58,14 @@ def run(args: argparse.Namespace) -> int:
     for root in (args.out, args.pipeline_root):
         if root:
             storage.check_output(root, "root", inputs=[args.data, args.config])
-    config = config_from_args(args, **{"data.source": args.data})
+    budget = {}
+    if getattr(args, "time_limit", None) is not None:
+        from hemaflow.planning import parse_time_limit
+
+        minutes = parse_time_limit(args.time_limit)
+        # The clock starts now: the plan step sees what ingest, augment, compare and tune took.
+        budget = {"budget.minutes": minutes, "budget.deadline": time.time() + minutes * 60}
+    config = config_from_args(args, **{"data.source": args.data}, **budget)
     if getattr(args, "smoke", False):
         from hemaflow.config import smoke
 
@@ -77,13 +92,26 @@ def run(args: argparse.Namespace) -> int:
         observer=console,
         verbose=verbose,
     )
-    shown = ("accuracy", "balanced_accuracy", "bmk_accuracy", "corrupted_accuracy", "ece")
+    shown = (
+        "accuracy",
+        "balanced_accuracy",
+        "bmk_accuracy",
+        "corrupted_accuracy",
+        "independent_accuracy",
+        "independent_severity5_accuracy",
+        "independent_worst_family_accuracy",
+        "ece",
+    )
     numbers = ", ".join(
         f"{k} {result.metrics[k]:.3f}"
         for k in shown
         if isinstance(result.metrics.get(k), int | float)
     )
+    if result.metrics.get("independent_worst_family"):
+        numbers += f" (worst family: {result.metrics['independent_worst_family']})"
     print(f"hemaflow run finished ({config.profile}) in {duration(result.seconds)}: {numbers}")
+    if config.budget.minutes:
+        print(f"  time limit:    {duration(config.budget.minutes * 60)}")
     for name, note in (result.metrics.get("weights_fallback") or {}).items():
         print(f"  PREFLIGHT ONLY, random initialisation: {name}: {note}")
     if result.page is not None:

@@ -1,0 +1,143 @@
+"""The time-limit planner: a pure function of measured speeds, data sizes and time left."""
+
+from __future__ import annotations
+
+import pytest
+
+from hemaflow.config import ConfigError, load_config
+from hemaflow.planning import (
+    Budget,
+    Measured,
+    PlanError,
+    Workload,
+    epoch_seconds,
+    fixed_seconds,
+    make_plan,
+    member_seconds,
+    parse_time_limit,
+)
+
+FAST = Measured("fast", 0.90, 100.0, 400.0, 2.0, 200, first_epoch_seconds=4.0, overhead_seconds=5.0)
+SLOW = Measured("slow", 0.89, 50.0, 300.0, 4.0, 200, first_epoch_seconds=6.0, overhead_seconds=5.0)
+POOR = Measured("poor", 0.50, 200.0, 800.0, 1.0, 200, first_epoch_seconds=2.0, overhead_seconds=5.0)
+WORK = Workload(
+    train_images=800, val_images=100, eval_images=200, corruption_images=1000, full_epochs=4
+)
+
+
+def plan_for(minutes: float, **budget) -> object:
+    return make_plan([FAST, SLOW], WORK, Budget(seconds_left=minutes * 60, **budget))
+
+
+@pytest.mark.parametrize(
+    ("text", "minutes"),
+    [("90s", 1.5), ("55m", 55.0), ("1h30m", 90.0), ("2h", 120.0), ("60", 60.0), (" 7.5 ", 7.5)],
+)
+def test_time_limits_parse_to_minutes(text, minutes):
+    assert parse_time_limit(text) == pytest.approx(minutes)
+
+
+@pytest.mark.parametrize("text", ["0", "0m", "-5", "-5m", "soon", "", "5x", "m", "1h-3m"])
+def test_bad_time_limits_are_one_line_errors(text):
+    with pytest.raises(PlanError) as info:
+        parse_time_limit(text)
+    assert "\n" not in str(info.value) and "--time-limit" in str(info.value)
+
+
+def test_budget_minutes_are_validated():
+    assert load_config(overrides={"budget.minutes": 0}).budget.minutes == 0
+    with pytest.raises(ConfigError, match="budget.minutes"):
+        load_config(overrides={"budget.minutes": -1})
+
+
+def test_more_budget_never_means_fewer_members_or_epochs():
+    previous = (0, 0)
+    for minutes in [1, 1.5, 2, 2.5, 3, 4, 5, 7, 10, 30, 120]:
+        plan = plan_for(minutes, views=4)
+        count, epochs = len(plan.members), plan.members[0].epochs
+        assert count >= previous[0]
+        assert count > previous[0] or epochs >= previous[1]
+        assert count * epochs >= previous[0] * previous[1]  # work only grows
+        assert plan.predicted["total"] <= minutes * 60 * 0.85 + 1e-6
+        previous = (count, epochs)
+    assert previous == (3, WORK.full_epochs)  # max_members at full length in the end
+
+
+def test_short_budget_trains_one_member_below_full_length():
+    plan = plan_for(1.0)
+    assert len(plan.members) == 1 and 1 <= plan.members[0].epochs < WORK.full_epochs
+    assert plan.members[0].backbone == "fast"
+
+
+def test_too_short_a_limit_is_refused_naming_the_minimum():
+    with pytest.raises(PlanError, match=r"needs at least (\d+\.\d) min") as info:
+        plan_for(0.5, spent_seconds=120)
+    need = float(info.value.args[0].split("at least ")[1].split(" min")[0])
+    # That minimum, counted from the run's start, is indeed enough for one epoch of one member.
+    left = need * 60 - 120 + 6  # rounding to 0.1 min
+    plan = plan_for(left / 60, spent_seconds=120)
+    assert plan.members[0].epochs >= 1
+
+
+def test_predictions_add_up():
+    plan = plan_for(10, views=2)
+    p = plan.predicted
+    assert p["total"] == pytest.approx(p["train"] + p["ensemble"] + p["evaluate"])
+    assert p["train"] == pytest.approx(sum(m.predicted_seconds for m in plan.members))
+    assert p["reserve"] == pytest.approx(p["seconds_left"] - p["total"])
+    m = plan.members[0]
+    by_hand = 10 + 5 + (4.0 - 2.0) + m.epochs * epoch_seconds(FAST, WORK)
+    assert m.predicted_seconds == pytest.approx(by_hand)
+    # An epoch: compare's training part (minus validation) scaled to 800 images, then val.
+    assert epoch_seconds(FAST, WORK) == pytest.approx(800 * (2.0 - 100 / 400) / 200 + 100 / 400)
+    team = [FAST if mm.backbone == "fast" else SLOW for mm in plan.members]
+    fixed = fixed_seconds(team, WORK, plan.views, 10.0)
+    assert p["evaluate"] == pytest.approx(fixed["evaluate"])
+    # Members stop one after another, the last by the end of the training window.
+    offsets = [mm.deadline_offset for mm in plan.members]
+    assert offsets == sorted(offsets)
+    assert offsets[-1] == pytest.approx(600 * 0.85 - p["ensemble"] - p["evaluate"])
+
+
+def test_side_by_side_members_cost_the_longest_not_the_sum():
+    sequential = plan_for(3)
+    parallel = plan_for(3, parallel=True)
+    assert parallel.predicted["train"] == pytest.approx(
+        max(m.predicted_seconds for m in parallel.members)
+    )
+    assert len(parallel.members) >= len(sequential.members)
+    assert len(parallel.members) > 1
+    assert len({m.deadline_offset for m in parallel.members}) == 1
+
+
+def test_close_backbones_alternate_and_a_clear_winner_gets_seeds():
+    close = plan_for(30)
+    assert [m.backbone for m in close.members] == ["fast", "slow", "fast"]
+    assert [m.seed for m in close.members] == [1337, 1338, 1339]
+    clear = make_plan([FAST, POOR], WORK, Budget(seconds_left=1800))
+    assert {m.backbone for m in clear.members} == {"fast"} and len(clear.members) == 3
+
+
+def test_views_shrink_only_when_they_do_not_fit():
+    assert plan_for(30, views=4).views == 4
+    tight = plan_for(1.5, views=8)
+    assert tight.views < 8
+    member = tight.members[0]
+    assert member_seconds(FAST, WORK, member.epochs, 10.0) == pytest.approx(
+        member.predicted_seconds
+    )
+
+
+def test_compare_results_become_measurements():
+    result = {
+        "backbone": "fast",
+        "train_images_per_s": 100.0,
+        "infer_images_per_s": 400.0,
+        "train_images": 200,
+        "epoch_seconds": 2.0,
+        "first_epoch_seconds": 4.0,
+        "overhead_seconds": 5.0,
+    }
+    assert Measured.from_result(result, 0.9) == FAST
+    with pytest.raises(PlanError, match="no usable speeds"):
+        Measured.from_result({"backbone": "x", "train_images_per_s": 0}, 0.5)
