@@ -41,6 +41,17 @@ _DURATION = re.compile(
 )
 
 
+def deadline_overrides(minutes: float, now: float) -> dict[str, float]:
+    """Config overrides that start a run's budget clock at ``now`` (epoch seconds).
+
+    A local run starts its clock when it starts, so the plan sees what ingest, augment,
+    compare and tune took; without a deadline the plan would count from its own start.
+    """
+    if not minutes:
+        return {}
+    return {"budget.minutes": minutes, "budget.deadline": now + minutes * 60}
+
+
 def parse_time_limit(text: str) -> float:
     """Minutes in ``90s``, ``55m``, ``1h30m``, ``2h``, or plain minutes (``60``, ``7.5``).
 

@@ -10,6 +10,7 @@ from hemaflow.planning import (
     Measured,
     PlanError,
     Workload,
+    deadline_overrides,
     epoch_seconds,
     fixed_seconds,
     make_plan,
@@ -48,6 +49,12 @@ def test_budget_minutes_are_validated():
     assert load_config(overrides={"budget.minutes": 0}).budget.minutes == 0
     with pytest.raises(ConfigError, match="budget.minutes"):
         load_config(overrides={"budget.minutes": -1})
+
+
+def test_a_budget_clock_starts_when_the_run_starts():
+    assert deadline_overrides(0, now=1000.0) == {}
+    config = load_config(overrides=deadline_overrides(55, now=1000.0))
+    assert config.budget.minutes == 55 and config.budget.deadline == 1000.0 + 55 * 60
 
 
 def test_more_budget_never_means_fewer_members_or_epochs():

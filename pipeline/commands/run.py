@@ -58,14 +58,16 @@ def run(args: argparse.Namespace) -> int:
     for root in (args.out, args.pipeline_root):
         if root:
             storage.check_output(root, "root", inputs=[args.data, args.config])
+    from hemaflow.planning import deadline_overrides, parse_time_limit
+
+    started = time.time()
     budget = {}
     if getattr(args, "time_limit", None) is not None:
-        from hemaflow.planning import parse_time_limit
-
-        minutes = parse_time_limit(args.time_limit)
-        # The clock starts now: the plan step sees what ingest, augment, compare and tune took.
-        budget = {"budget.minutes": minutes, "budget.deadline": time.time() + minutes * 60}
+        budget = deadline_overrides(parse_time_limit(args.time_limit), started)
     config = config_from_args(args, **{"data.source": args.data}, **budget)
+    if config.budget.minutes and not config.budget.deadline:
+        # A budget from the profile or config file: its clock starts now too.
+        config = config.replace(deadline_overrides(config.budget.minutes, started))
     if getattr(args, "smoke", False):
         from hemaflow.config import smoke
 
