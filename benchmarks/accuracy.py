@@ -3,7 +3,9 @@
 Runs every stage (ingest to evaluate) through kfp.local, exactly as ``hemaflow run`` does,
 on pbc128 with the ``cpu`` profile from scratch, times it, and prints the clean and corrupted
 test accuracy of the ensemble next to the targets (0.98 clean, 0.95 mean over the whole
-corruption suite at severities 1-5, under an hour on 2 cores) and, measured in the same run,
+own corruption suite at severities 1-5; on the independent benchmark, which training never
+uses, 0.95 mean and 0.88 on its worst family; under an hour on 2 cores) and, measured in the
+same run,
 next to its own members (val), its Bmk split and, where the profile turns it on, test-time
 BatchNorm adaptation.
 
@@ -21,7 +23,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PBC128 = REPO.parent / "shared" / "data" / "pbc128"
-TARGETS = {"accuracy": 0.98, "corrupted_accuracy": 0.95, "wall_minutes": 60.0}
+TARGETS = {
+    "accuracy": 0.98,
+    "corrupted_accuracy": 0.95,
+    "independent_accuracy": 0.95,
+    "independent_worst_family_accuracy": 0.88,
+    "wall_minutes": 60.0,
+}
 REFERENCE = "reference work (ImageNet weights, GPU): 0.88-0.90 per model, 0.917 ensembled"
 
 
@@ -61,11 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     from hemaflow.pipeline.runners import run_local
 
     from hemaflow.config import load_config, parse_override
+    from hemaflow.planning import deadline_overrides
 
     overrides = dict(parse_override(item) for item in args.set)
-    config = load_config(args.profile, overrides={"data.source": args.data, **overrides})
-    out = Path(args.out).resolve()
     started = time.time()
+    config = load_config(args.profile, overrides={"data.source": args.data, **overrides})
+    # A budget (the profile's or --set budget.minutes=N) counts from here, as in hemaflow run.
+    config = config.replace(deadline_overrides(config.budget.minutes, started))
+    out = Path(args.out).resolve()
     result = run_local(config, out=out, caching=False)
     wall = time.time() - started
     m = result.metrics
@@ -85,15 +96,27 @@ def main(argv: list[str] | None = None) -> int:
         ("Bmk accuracy", m.get("bmk_accuracy"), None),
         ("corrupted accuracy (mean)", m["corrupted_accuracy"], TARGETS["corrupted_accuracy"]),
         ("corrupted accuracy, BN-adapted", adapted, None),
+        ("corrupted accuracy, severity 5", m.get("corrupted_severity5_accuracy"), None),
+        (
+            "independent accuracy (mean)",
+            m.get("independent_accuracy"),
+            TARGETS["independent_accuracy"],
+        ),
+        (
+            f"independent worst family ({m.get('independent_worst_family')})",
+            m.get("independent_worst_family_accuracy"),
+            TARGETS["independent_worst_family_accuracy"],
+        ),
+        ("independent accuracy, severity 5", m.get("independent_severity5_accuracy"), None),
         ("test ECE", m.get("ece"), None),
     ]
-    print(f"\n{'metric':34s} {'value':>7s} {'target':>7s}")
+    print(f"\n{'metric':48s} {'value':>7s} {'target':>7s}")
     for name, value, target in rows:
         shown = "-" if value is None else f"{value:.4f}"
         goal = "" if target is None else f"{target:.2f}  {verdict(value, target)}"
-        print(f"{name:34s} {shown:>7s} {goal:>7s}")
+        print(f"{name:48s} {shown:>7s} {goal:>7s}")
     print(
-        f"wall time (min)                    {wall / 60:7.1f} {TARGETS['wall_minutes']:7.0f}  "
+        f"{'wall time (min)':48s} {wall / 60:7.1f} {TARGETS['wall_minutes']:7.0f}  "
         f"{verdict(wall / 60, TARGETS['wall_minutes'], higher_is_better=False)}"
     )
 
@@ -118,6 +141,22 @@ def main(argv: list[str] | None = None) -> int:
             f"  {row['model']:24s} accuracy {row['val_accuracy']:.4f}  "
             f"log-loss {row['val_log_loss']:.4f}"
         )
+    independent = m.get("independent") or {}
+    if independent:
+        print(
+            "\nindependent benchmark by family (mean over corruptions and severities), worst first:"
+        )
+        for family, row in sorted(
+            independent["per_family"].items(), key=lambda kv: kv[1]["accuracy"]
+        ):
+            print(f"  {family:16s} {row['accuracy']:.4f}")
+        print(
+            "by severity: "
+            + ", ".join(
+                f"s{s} {row['accuracy']:.3f}"
+                for s, row in sorted(independent["by_severity"].items(), key=lambda kv: int(kv[0]))
+            )
+        )
     print(f"\n{REFERENCE}")
     summary = {
         "profile": config.profile,
@@ -125,7 +164,18 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": wall,
         "metrics": {
             k: m.get(k)
-            for k in ("accuracy", "balanced_accuracy", "bmk_accuracy", "corrupted_accuracy", "ece")
+            for k in (
+                "accuracy",
+                "balanced_accuracy",
+                "bmk_accuracy",
+                "corrupted_accuracy",
+                "corrupted_severity5_accuracy",
+                "independent_accuracy",
+                "independent_worst_family",
+                "independent_worst_family_accuracy",
+                "independent_severity5_accuracy",
+                "ece",
+            )
         },
         "bn_adapted_corrupted_accuracy": adapted,
         "targets": TARGETS,
