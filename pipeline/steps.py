@@ -133,6 +133,10 @@ def plan(
     ev = conf.evaluate
     sample = min(test, ev.max_images) if ev.max_images else test
     sets = len(corruptions.corruption_names(ev.corruptions)) * len(ev.severities)
+    if ev.independent:  # the independent benchmark's sets, scored on the same sample
+        from hemaflow.imaging import independent
+
+        sets += len(independent.names(ev.independent)) * len(ev.severities)
     pretrained = any(r.get("pretrained") for r in usable)
     work = planning.Workload(
         train_images=fitting.split_size(info, "train"),

@@ -1,4 +1,4 @@
-"""The independent corruption benchmark: 17 albumentations corruptions at severities 1-5.
+"""The independent corruption benchmark: 16 albumentations corruptions at severities 1-5.
 
 The project's own suite (:mod:`hemaflow.imaging.corruptions`) is built from the same ops
 (:mod:`hemaflow.imaging.ops`) that training augmentation draws from, so its number is
