@@ -36,7 +36,16 @@ OVERRIDES = {
     "evaluate.severities": [1],
 }
 # Wall-clock measurements and folder locations, not choices or fits.
-UNFITTED = {"train_images_per_s", "infer_images_per_s", "wall_seconds", "data_dir", "path"}
+UNFITTED = {
+    "train_images_per_s",
+    "infer_images_per_s",
+    "wall_seconds",
+    "epoch_seconds",
+    "first_epoch_seconds",
+    "overhead_seconds",
+    "data_dir",
+    "path",
+}
 
 
 def permute_test_labels(folder: Path) -> None:
