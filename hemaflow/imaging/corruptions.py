@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,23 +119,29 @@ def check_severity(severity: int) -> None:
         raise ConfigError(f"severity must be an integer 1-5, got {severity!r}")
 
 
-def corruption_names(selection: Sequence[str]) -> list[str]:
-    """The corruption names a selection means: "all" expands to the suite, in suite order.
+def select(selection: Sequence[str], table: Mapping[str, object], what: str) -> list[str]:
+    """The names ``selection`` means in ``table``: "all" expands to it, in table order.
 
-    An unknown name is an error that lists the known ones; duplicates are dropped.
+    An unknown name is an error naming ``what`` and the known ones; duplicates are dropped.
     """
     if isinstance(selection, str):
         selection = [selection]
     names: list[str] = []
     for item in selection:
-        expanded = list(CORRUPTIONS) if item == "all" else [item]
-        for name in expanded:
-            if name not in CORRUPTIONS:
-                raise ConfigError(
-                    f"unknown corruption {name!r}; known: all, {', '.join(CORRUPTIONS)}"
-                )
+        for name in list(table) if item == "all" else [item]:
+            if name not in table:
+                raise ConfigError(f"unknown {what} {name!r}; known: all, {', '.join(table)}")
             if name not in names:
                 names.append(name)
+    return names
+
+
+def corruption_names(selection: Sequence[str]) -> list[str]:
+    """The corruption names a selection means: "all" expands to the suite, in suite order.
+
+    An unknown name is an error that lists the known ones; duplicates are dropped.
+    """
+    names = select(selection, CORRUPTIONS, "corruption")
     if not names:
         raise ConfigError(
             "no corruptions selected; use 'all' or names from: " + ", ".join(CORRUPTIONS)

@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 from hemaflow.config import SEVERITIES, ConfigError
+from hemaflow.imaging.corruptions import check_severity, select
 
 REFERENCE_SIZE = 128
 """Pixel parameters are quoted for an image of this height."""
@@ -207,35 +208,13 @@ INDEPENDENT: dict[str, Independent] = _table()
 """Every corruption of the benchmark by name, in the order reports show them."""
 
 
-def check_severity(severity: int) -> None:
-    if (
-        isinstance(severity, bool)
-        or not isinstance(severity, (int, np.integer))
-        or severity not in SEVERITIES
-    ):
-        raise ConfigError(f"severity must be an integer 1-5, got {severity!r}")
-
-
 def names(selection: Sequence[str]) -> list[str]:
     """The names a selection means: "all" expands to the benchmark, in table order.
 
     An empty selection means none (the benchmark is off); an unknown name is an error that
     lists the known ones; duplicates are dropped.
     """
-    if isinstance(selection, str):
-        selection = [selection]
-    out: list[str] = []
-    for item in selection:
-        expanded = list(INDEPENDENT) if item == "all" else [item]
-        for name in expanded:
-            if name not in INDEPENDENT:
-                raise ConfigError(
-                    f"unknown independent corruption {name!r}; known: all, "
-                    + ", ".join(INDEPENDENT)
-                )
-            if name not in out:
-                out.append(name)
-    return out
+    return select(selection, INDEPENDENT, "independent corruption")
 
 
 def families(selected: Sequence[str]) -> dict[str, str]:
