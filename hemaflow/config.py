@@ -593,6 +593,7 @@ SMOKE_OVERRIDES: dict[str, Any] = {
     "train.epochs": 1,
     "evaluate.max_images": 32,
     "evaluate.corruptions": ["gaussian_noise", "defocus_blur"],
+    "evaluate.independent": ["gauss_noise", "gaussian_blur"],
     "evaluate.severities": [3],
     "evaluate.batch_size": 32,
 }

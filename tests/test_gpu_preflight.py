@@ -29,6 +29,9 @@ def test_smoke_shrinks_sizes_and_keeps_the_dag():
     assert small.tune.algorithm == gpu.tune.algorithm
     assert small.train.warmup_epochs >= 1 and small.train.unfreeze_layers == 40
     assert small.resources == gpu.resources and small.ensemble == gpu.ensemble
+    # Both corruption suites still run, on a few corruptions each.
+    assert gpu.evaluate.independent == ["all"] and 0 < len(small.evaluate.independent) <= 2
+    assert 0 < len(small.evaluate.corruptions) <= 2
 
 
 @pytest.mark.slow
