@@ -206,22 +206,36 @@ def corruption_grid(
 ) -> bytes:
     """A PNG showing the suite on one image: a row per corruption, a column per severity 1-5
     (after a clean column when ``with_clean``)."""
+    rows = [
+        (name, CORRUPTIONS[name].parameter.split(",")[0], CORRUPTIONS[name].values)
+        for name in corruption_names(list(names))
+    ]
+    return severity_grid(image, rows, corrupt, seed, with_clean)
+
+
+def severity_grid(
+    image: np.ndarray,
+    rows: Sequence[tuple[str, str, Sequence[float]]],
+    corrupt_batch: Callable[[np.ndarray, str, int, int], np.ndarray],
+    seed: int = 0,
+    with_clean: bool = True,
+) -> bytes:
+    """A PNG of a corruption table on one image, for either suite: a row per (name, header,
+    values at severities 1-5), a column per severity (after a clean column when
+    ``with_clean``); ``corrupt_batch(images, name, severity, seed)`` does the corrupting."""
     from hemaflow.reporting.plots import image_grid
 
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
-    batch = image[None]
     cells: list[np.ndarray] = []
     titles: list[str] = []
-    for name in corruption_names(list(names)):
-        corruption = CORRUPTIONS[name]
+    for name, header, values in rows:
         if with_clean:
             cells.append(image)
-            titles.append(f"{name}\n{corruption.parameter.split(',')[0]}")
+            titles.append(f"{name}\n{header}")
         for severity in SEVERITIES:
-            cells.append(corrupt(batch, name, severity, seed)[0])
+            cells.append(corrupt_batch(image[None], name, severity, seed)[0])
             label = "" if with_clean else f"{name} "
-            titles.append(f"{label}s{severity}: {corruption.values[severity - 1]:g}")
-    columns = len(SEVERITIES) + int(with_clean)
-    return image_grid(cells, titles, columns=columns, cell=1.6)
+            titles.append(f"{label}s{severity}: {values[severity - 1]:g}")
+    return image_grid(cells, titles, columns=len(SEVERITIES) + int(with_clean), cell=1.6)

@@ -33,8 +33,8 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from hemaflow.config import SEVERITIES, ConfigError
-from hemaflow.imaging.corruptions import check_severity, select
+from hemaflow.config import ConfigError
+from hemaflow.imaging.corruptions import check_severity, select, severity_grid
 
 REFERENCE_SIZE = 128
 """Pixel parameters are quoted for an image of this height."""
@@ -261,20 +261,5 @@ def grid(
 ) -> bytes:
     """A PNG of the benchmark on one image: a row per corruption, a column per severity 1-5
     (after a clean column when ``with_clean``)."""
-    from hemaflow.reporting.plots import image_grid
-
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
-    cells: list[np.ndarray] = []
-    titles: list[str] = []
-    for name in names(list(selection)):
-        spec = INDEPENDENT[name]
-        if with_clean:
-            cells.append(image)
-            titles.append(f"{name}\n{spec.transform}")
-        for severity in SEVERITIES:
-            cells.append(corrupt(image[None], name, severity, seed)[0])
-            label = "" if with_clean else f"{name} "
-            titles.append(f"{label}s{severity}: {spec.values[severity - 1]:g}")
-    return image_grid(cells, titles, columns=len(SEVERITIES) + int(with_clean), cell=1.6)
+    rows = [(n, INDEPENDENT[n].transform, INDEPENDENT[n].values) for n in names(list(selection))]
+    return severity_grid(image, rows, corrupt, seed, with_clean)
