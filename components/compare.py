@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import time
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,12 @@ def run(data_dir: str, backbone: str, out_dir: str, config: Config) -> dict:
         "infer_images_per_s": infer_rate,
         "precision": s.policy,
         # What a time-limited run plans with (hemaflow.planning): this machine's costs.
-        **epoch_timing(phase["rates"], s.train_images, time.perf_counter() - start),
+        **epoch_timing(
+            phase["rates"],
+            s.train_images,
+            time.perf_counter() - start,
+            phase.get("steady_seconds", []),
+        ),
         "epochs": config.compare.epochs,
         "image_size": s.info.image_size,
         "pretrained": s.pretrained,
@@ -111,14 +117,21 @@ def run(data_dir: str, backbone: str, out_dir: str, config: Config) -> dict:
     return result
 
 
-def epoch_timing(rates: list[float], train_images: int, wall_seconds: float) -> dict[str, float]:
+def epoch_timing(
+    rates: list[float],
+    train_images: int,
+    wall_seconds: float,
+    steady_seconds: Sequence[float] = (),
+) -> dict[str, float]:
     """Epoch seconds (steady and first), images per epoch and the time outside the epochs.
 
     The planner scales them to train's epochs; a task's time outside its epochs (building,
-    scoring, export) is charged to every member.
+    scoring, export) is charged to every member. A steady epoch is the mean of the epochs
+    after the first; a one-epoch comparison has none, and then its first epoch with the
+    first steps (graph tracing) at the pace of the rest stands in (``steady_seconds``).
     """
     seconds = [train_images / r for r in rates if r > 0]
-    steady = seconds[1:] or seconds
+    steady = seconds[1:] or [t for t in list(steady_seconds)[:1] if t > 0] or seconds
     return {
         "train_images": train_images,
         "epoch_seconds": sum(steady) / len(steady) if steady else 0.0,

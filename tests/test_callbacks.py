@@ -60,6 +60,24 @@ def test_fit_progress_writes_one_line_per_epoch_to_a_log():
     assert len(callback.rates) == 3 and all(r > 0 for r in callback.rates)
 
 
+def test_a_steady_epoch_times_the_first_steps_at_the_pace_of_the_rest(monkeypatch):
+    """An epoch of 8 steps whose first traces for 10 s, then 1 s a step, then 2 s of
+    validation: 19 s on the clock, 10 s steady (8 steps at 1 s, plus validation)."""
+    from hemaflow.modeling import callbacks
+    from hemaflow.modeling.callbacks import FitProgress
+
+    clock = iter([0.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0, 16.0, 17.0, 19.0])
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
+    callback = FitProgress(images_per_epoch=64, stream=io.StringIO())
+    callback.set_params({"epochs": 1, "steps": 8})
+    callback.on_epoch_begin(0)
+    for step in range(8):
+        callback.on_train_batch_end(step)
+    callback.on_epoch_end(0)
+    assert callback.rates == [64 / 19.0]
+    assert callback.steady_seconds == [10.0]
+
+
 def test_progress_in_a_log_is_whole_lines():
     stream = io.StringIO()
     bar = Progress(4, "corruptions", stream=stream, log_interval=0.0)

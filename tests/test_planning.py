@@ -148,3 +148,16 @@ def test_compare_results_become_measurements():
     assert Measured.from_result(result, 0.9) == FAST
     with pytest.raises(PlanError, match="no usable speeds"):
         Measured.from_result({"backbone": "x", "train_images_per_s": 0}, 0.5)
+
+
+def test_a_one_epoch_comparison_plans_with_its_steady_epoch():
+    from hemaflow.components.compare import epoch_timing
+
+    one = epoch_timing([4000 / 29.0], 4000, 60.0, [20.0])
+    assert one["epoch_seconds"] == 20.0 and one["first_epoch_seconds"] == pytest.approx(29.0)
+    assert one["overhead_seconds"] == pytest.approx(31.0)
+    # With epochs after the first, those are the steady ones.
+    two = epoch_timing([4000 / 29.0, 4000 / 18.0], 4000, 80.0, [20.0, 17.5])
+    assert two["epoch_seconds"] == pytest.approx(18.0)
+    # A fit read from an older record (no steady seconds) keeps its first epoch.
+    assert epoch_timing([4000 / 29.0], 4000, 60.0)["epoch_seconds"] == pytest.approx(29.0)

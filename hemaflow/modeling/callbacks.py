@@ -36,7 +36,10 @@ class FitProgress(keras.callbacks.Callback):
 
     On a terminal each epoch is a live bar over its steps; in a log (CI, a pod) one line per
     epoch, plus one per ``interval`` seconds of a long epoch. ``label`` goes in front (a
-    tuner sets "trial i/n"). Training images/s of each epoch are kept in ``rates``.
+    tuner sets "trial i/n"). Training images/s of each epoch are kept in ``rates``, and in
+    ``steady_seconds`` each epoch's seconds with its first quarter of steps (graph tracing,
+    cache filling) timed at the pace of the rest: a one-epoch fit's steady epoch, which a
+    time-limited plan scales to train's epochs.
     """
 
     def __init__(
@@ -52,7 +55,10 @@ class FitProgress(keras.callbacks.Callback):
         self.stream = stream  # None: stderr when used (a tuner deep-copies callbacks)
         self.interval = interval
         self.rates: list[float] = []
+        self.steady_seconds: list[float] = []
         self._seconds: list[float] = []
+        self._mark: tuple[int, float] | None = None  # (steps done, time) after the first quarter
+        self._last: tuple[int, float] | None = None  # (steps done, time) at the latest step
         self._bar: Progress | None = None
         self._start = 0.0
 
@@ -61,14 +67,25 @@ class FitProgress(keras.callbacks.Callback):
         steps = self.params.get("steps")
         self._bar = Progress(steps, desc, "step", self.stream, log_interval=self.interval)
         self._start = time.perf_counter()
+        self._mark = self._last = None
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        now = time.perf_counter()
+        self._last = (batch + 1, now)
+        if batch + 1 == max(2, (self.params.get("steps") or 8) // 4):
+            self._mark = self._last
         if self._bar is not None:
             self._bar.update_to(batch + 1, _shown(logs, STEP_METRICS))
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        seconds = time.perf_counter() - self._start
+        end = time.perf_counter()
+        seconds = end - self._start
         self._seconds.append(seconds)
+        self.steady_seconds.append(seconds)
+        if self._mark is not None and self._last is not None and self._last[0] > self._mark[0]:
+            (marked, at), (done, last) = self._mark, self._last
+            per_step = (last - at) / (done - marked)
+            self.steady_seconds[-1] = min(seconds, per_step * done + (end - last))
         timing = f"{seconds:.0f} s"
         if self.images_per_epoch:
             self.rates.append(self.images_per_epoch / max(seconds, 1e-9))

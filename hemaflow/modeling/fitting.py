@@ -395,7 +395,8 @@ def run_phase(
 ) -> dict[str, Any]:
     """One resumable ``fit`` of ``model`` (compiled) for ``epochs`` epochs in ``work_dir/name``.
 
-    Returns ``{"history": columns, "rates": images/s per epoch, "resumed_from": epoch}``.
+    Returns ``{"history": columns, "rates": images/s per epoch, "steady_seconds": seconds per
+    epoch with its first steps at the pace of the rest, "resumed_from": epoch}``.
     A phase whose ``done.json`` exists is not rerun: its final weights are loaded instead.
     ``tensorboard`` (a :func:`tensorboard` callback) also gets the val confusion matrix of
     the best weights, the ones the phase keeps. With a ``store`` whose local folder is
@@ -455,7 +456,11 @@ def run_phase(
     history = read_csv_history(csv_path)
     if tensorboard is not None:
         tensorboard.write_confusion_matrix(model, val_ds, max(len(history.get("loss", [])) - 1, 0))
-    summary = {"resumed_from": resumed_from, "rates": progress.rates}
+    summary = {
+        "resumed_from": resumed_from,
+        "rates": progress.rates,
+        "steady_seconds": progress.steady_seconds,
+    }
     storage.write_text_atomic(done, json.dumps(summary))
     if store is not None:
         store.save(name)
