@@ -22,6 +22,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 from hemaflow.errors import HemaflowError
@@ -39,6 +40,10 @@ class PlanError(HemaflowError, ValueError):
 _DURATION = re.compile(
     r"(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m)?(?:(?P<s>\d+(?:\.\d+)?)s)?"
 )
+_RFC3339 = re.compile(
+    r"(?P<base>\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2})(?:\.(?P<fraction>\d+))?"
+    r"(?P<zone>[Zz]|[+-]\d{2}:\d{2})"
+)
 
 
 def deadline_overrides(minutes: float, now: float) -> dict[str, float]:
@@ -50,6 +55,24 @@ def deadline_overrides(minutes: float, now: float) -> dict[str, float]:
     if not minutes:
         return {}
     return {"budget.minutes": minutes, "budget.deadline": now + minutes * 60}
+
+
+def job_start(created: str) -> float | None:
+    """Epoch seconds of a pipeline job's creation time (RFC 3339, as Vertex and Kubeflow fill
+    ``dsl.PIPELINE_JOB_CREATE_TIME_UTC_PLACEHOLDER``); None where it is empty or was never
+    filled in (kfp.local leaves the placeholder as it is).
+
+    A submitted or scheduled run has no ``hemaflow run`` to start its clock: its budget then
+    counts from the job's creation, so the plan sees what the stages before it took.
+    """
+    raw = str(created).strip()
+    match = _RFC3339.fullmatch(raw)
+    if match is None:
+        return None
+    fraction = (match["fraction"] or "")[:6]  # Python reads microseconds; Go writes nanos
+    zone = "+00:00" if match["zone"] in ("Z", "z") else match["zone"]
+    stamp = f"{match['base']}{'.' + fraction if fraction else ''}{zone}"
+    return datetime.fromisoformat(stamp).timestamp()
 
 
 def parse_time_limit(text: str) -> float:

@@ -80,6 +80,8 @@ def build_pipeline(config: Config, target: Target = "kubeflow") -> Any:
                 results=dsl.Collected(cmp.outputs["Output"]),
                 hparams=dsl.Collected(tun.outputs["hparams"]),
                 config=config,
+                # A submitted or scheduled run's budget counts from the job's creation.
+                created=dsl.PIPELINE_JOB_CREATE_TIME_UTC_PLACEHOLDER,
             )
             # Members one after another where they share cores (their deadlines assume it).
             side_by_side = parallelism if config_budget.parallel_members else 1

@@ -98,6 +98,7 @@ def plan(
     config: str,
     out_dir: str,
     now: float | None = None,
+    created: str = "",
 ) -> list[dict[str, Any]]:
     """A time-limited run's plan (:func:`hemaflow.planning.make_plan`) from what compare
     measured, the data's sizes and the clock: its members (:func:`planned_config` gives
@@ -106,7 +107,8 @@ def plan(
     Each member carries its backbone's tuned hyperparameters and its wall-clock deadline, so
     a train task needs nothing but its item of the list. ``plan.json`` and a report go to
     ``out_dir``. The run's deadline is ``budget.deadline`` (what ``hemaflow run`` set when it
-    started), else ``budget.minutes`` from now.
+    started), else ``budget.minutes`` from the job's creation time ``created`` (a submitted or
+    scheduled run), else from now.
     """
     from hemaflow.components import compare
 
@@ -118,7 +120,8 @@ def plan(
     conf = load(config)
     now = time.time() if now is None else now
     b = conf.budget
-    deadline = b.deadline or now + b.minutes * 60
+    started = planning.job_start(created)
+    deadline = b.deadline or (started if started is not None else now) + b.minutes * 60
     tuned_hparams = {}
     for folder in tuned:
         raw = json.loads(storage.read_text(fitting.hparams_file(folder)))

@@ -149,9 +149,11 @@ def plan(
     config: str,
     schedule: Output[Artifact],
     metrics: Output[Metrics],
+    created: str = "",
 ) -> List[dict]:  # noqa: UP006
     """A time limit turned into members, epochs and views from what compare measured here;
     refuses a limit too short for one epoch of one member before any training starts.
+    ``created``: the job's creation time, where the backend fills it in.
 
     One output only: kfp.local (2.17) loops over a task's ``Output``, not a named output."""
     from hemaflow.pipeline import steps
@@ -162,6 +164,7 @@ def plan(
         steps.location(data),
         config,
         steps.location(schedule),
+        created=created,
     )
     predicted = {f"predicted_{k}_seconds": v for k, v in steps.plan_predicted(schedule).items()}
     steps.log_metrics(metrics, {"members": len(members), **predicted})

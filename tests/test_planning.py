@@ -13,6 +13,7 @@ from hemaflow.planning import (
     deadline_overrides,
     epoch_seconds,
     fixed_seconds,
+    job_start,
     make_plan,
     member_seconds,
     parse_time_limit,
@@ -55,6 +56,19 @@ def test_a_budget_clock_starts_when_the_run_starts():
     assert deadline_overrides(0, now=1000.0) == {}
     config = load_config(overrides=deadline_overrides(55, now=1000.0))
     assert config.budget.minutes == 55 and config.budget.deadline == 1000.0 + 55 * 60
+
+
+@pytest.mark.parametrize(
+    "created",
+    ["2026-12-03T06:00:00Z", "2026-12-03T06:00:00.123456789Z", "2026-12-03T07:00:00+01:00"],
+)
+def test_a_job_creation_time_starts_a_submitted_runs_clock(created):
+    assert job_start(created) == pytest.approx(1796277600.0, abs=0.2)
+
+
+@pytest.mark.parametrize("created", ["", "{{$.pipeline_job_create_time_utc}}", "yesterday"])
+def test_an_unfilled_creation_time_leaves_the_clock_to_the_plan(created):
+    assert job_start(created) is None
 
 
 def test_more_budget_never_means_fewer_members_or_epochs():

@@ -110,7 +110,7 @@ def test_bad_time_limits_stop_the_cli_with_one_line(tmp_path, capsys):
 
 def test_a_budget_puts_a_plan_before_training_and_none_without(tmp_path):
     from hemaflow.pipeline import dag
-    from kfp import compiler
+    from kfp import compiler, dsl
 
     def tasks(config) -> dict:
         import yaml
@@ -133,6 +133,9 @@ def test_a_budget_puts_a_plan_before_training_and_none_without(tmp_path):
     loops = [t for t in budgeted.values() if "parameterIterator" in t]
     members = [t for t in loops if "plan" in json.dumps(t["parameterIterator"])]
     assert members and members[0]["iteratorPolicy"]["parallelismLimit"] == 1
+    # A submitted or scheduled run's clock: the backend fills in the job's creation time.
+    created = budgeted["plan"]["inputs"]["parameters"]["created"]["runtimeValue"]["constant"]
+    assert created == dsl.PIPELINE_JOB_CREATE_TIME_UTC_PLACEHOLDER
 
 
 def test_run_page_shows_the_plan_predicted_against_actual():
