@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {task:40s} {seconds / 60:6.1f} min  (done at {at / 60:5.1f} min)")
 
     adapted = (m.get("bn_adaptation") or {}).get("corrupted_accuracy")
+    ind_adapted = (m.get("independent") or {}).get("bn_adaptation") or {}
     rows = [
         ("test accuracy", m["accuracy"], TARGETS["accuracy"]),
         ("test balanced accuracy", m["balanced_accuracy"], None),
@@ -108,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
             TARGETS["independent_worst_family_accuracy"],
         ),
         ("independent accuracy, severity 5", m.get("independent_severity5_accuracy"), None),
+        ("independent accuracy, BN-adapted", m.get("bn_adapted_independent_accuracy"), None),
+        (
+            f"independent worst family, BN-adapted ({ind_adapted.get('worst_family')})",
+            ind_adapted.get("worst_family_accuracy"),
+            None,
+        ),
         ("test ECE", m.get("ece"), None),
     ]
     print(f"\n{'metric':48s} {'value':>7s} {'target':>7s}")
@@ -119,6 +126,23 @@ def main(argv: list[str] | None = None) -> int:
         f"{'wall time (min)':48s} {wall / 60:7.1f} {TARGETS['wall_minutes']:7.0f}  "
         f"{verdict(wall / 60, TARGETS['wall_minutes'], higher_is_better=False)}"
     )
+
+    plan_file = out / "plan.json"
+    plan = json.loads(plan_file.read_text()) if plan_file.is_file() else None
+    if plan is not None:
+        print(
+            f"\nplan for {plan['minutes']:g} min: {len(plan['members'])} member(s), "
+            f"{plan['views']} test-time view(s); predicted total "
+            f"{plan['predicted']['total'] / 60:.1f} min of {plan['predicted']['seconds_left'] / 60:.1f} left"
+        )
+        for row in plan["members"]:
+            actual = row["actual_seconds"]
+            print(
+                f"  {row['backbone']:20s} seed {row['seed']:<5d} epochs {row['epochs']} planned, "
+                f"{row['completed_epochs']} completed; {row['predicted_seconds'] / 60:.1f} min "
+                f"predicted, {'-' if actual is None else f'{actual / 60:.1f}'} min actual"
+                + ("  (stopped by its deadline)" if row["stopped_by_deadline"] else "")
+            )
 
     per_corruption = m.get("robustness", {}).get("per_corruption", {})
     severities: dict[str, list[float]] = {}
@@ -178,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         },
         "bn_adapted_corrupted_accuracy": adapted,
+        "bn_adapted_independent_accuracy": m.get("bn_adapted_independent_accuracy"),
+        "plan": None
+        if plan is None
+        else {k: plan[k] for k in ("minutes", "views", "members", "predicted")},
         "targets": TARGETS,
         "report": str(result.copied.get("report", result.report)),
     }
