@@ -23,6 +23,8 @@ STAGES = {
     "ensemble",
     "evaluate",
 }
+# A profile with a time budget trains the plan's members instead of one model per backbone.
+BUDGETED_STAGES = (STAGES - {"train"}) | {"plan", "plan-config", "train-member"}
 
 
 class Compiled(dict):
@@ -62,10 +64,11 @@ def all_tasks(ir: dict) -> dict[str, dict]:
 def test_every_profile_compiles_with_every_stage(compiled, profile):
     for target in ("kubeflow", "vertex") if profile == "gpu" else ("kubeflow",):
         ir = compiled[profile, target]
-        assert set(executors(ir)) == STAGES, profile
+        config = load_config(profile)
+        expected = BUDGETED_STAGES if config.budget.minutes else STAGES
+        assert set(executors(ir)) == expected, profile
         params = ir["root"]["inputDefinitions"]["parameters"]
         assert set(params) == {"config"}
-        config = load_config(profile)
         carried = from_json(params["config"]["defaultValue"])
         assert carried == config
         assert carried.profile == profile
@@ -137,7 +140,7 @@ def test_gpu_profile_scheduling_is_in_the_ir(compiled):
     assert tasks["train"]["retryPolicy"]["backoffDuration"] == train.retry_backoff
     assert tasks["evaluate"]["retryPolicy"]["maxRetryCount"] == config.resources.evaluate.retries
     assert tasks["select-top-k"]["retryPolicy"]["maxRetryCount"] == config.resources.data.retries
-    assert "retryPolicy" not in all_tasks(compiled["cpu", "kubeflow"])["train"]
+    assert "retryPolicy" not in all_tasks(compiled["cpu", "kubeflow"])["train-member"]
     assert all(t["cachingOptions"].get("enableCache") for n, t in tasks.items() if n in STAGES)
 
 
