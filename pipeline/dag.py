@@ -31,8 +31,12 @@ from hemaflow.pipeline.resources import Target
 from hemaflow.config import Config
 
 
-def build_pipeline(config: Config, target: Target = "kubeflow") -> Any:
-    """The KFP pipeline (a GraphComponent) for ``config`` on ``target``."""
+def build_pipeline(config: Config, target: Target = "kubeflow", local: bool = False) -> Any:
+    """The KFP pipeline (a GraphComponent) for ``config`` on ``target``.
+
+    ``local``: for kfp.local, which cannot resolve the job-creation-time placeholder (2.17
+    reads every ``{{$.…}}`` as an input path); a local run's clock is ``budget.deadline``.
+    """
     from typing import List  # noqa: UP035 - KFP's type parser knows typing.List
 
     from hemaflow.pipeline.tasks import make_components
@@ -81,7 +85,7 @@ def build_pipeline(config: Config, target: Target = "kubeflow") -> Any:
                 hparams=dsl.Collected(tun.outputs["hparams"]),
                 config=config,
                 # A submitted or scheduled run's budget counts from the job's creation.
-                created=dsl.PIPELINE_JOB_CREATE_TIME_UTC_PLACEHOLDER,
+                created="" if local else dsl.PIPELINE_JOB_CREATE_TIME_UTC_PLACEHOLDER,
             )
             # Members one after another where they share cores (their deadlines assume it).
             side_by_side = parallelism if config_budget.parallel_members else 1

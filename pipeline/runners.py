@@ -759,7 +759,7 @@ def run_local(
         enable_caching=caching and config.pipeline.caching,
         raise_on_error=True,
     )
-    pipeline = dag.build_pipeline(config, target="kubeflow")
+    pipeline = dag.build_pipeline(config, target="kubeflow", local=True)
     logs = TaskLogs(run_dir / "logs", root / ".kfp_cache", observer=observer, echo=verbose)
     started = time.monotonic()
     try:
