@@ -131,7 +131,7 @@ def epoch_timing(
     first steps (graph tracing) at the pace of the rest stands in (``steady_seconds``).
     """
     seconds = [train_images / r for r in rates if r > 0]
-    steady = seconds[1:] or [t for t in list(steady_seconds)[:1] if t > 0] or seconds
+    steady = seconds[1:] or [t for t in steady_seconds[:1] if t > 0] or seconds
     return {
         "train_images": train_images,
         "epoch_seconds": sum(steady) / len(steady) if steady else 0.0,

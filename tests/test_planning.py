@@ -66,7 +66,9 @@ def test_a_job_creation_time_starts_a_submitted_runs_clock(created):
     assert job_start(created) == pytest.approx(1796277600.0, abs=0.2)
 
 
-@pytest.mark.parametrize("created", ["", "{{$.pipeline_job_create_time_utc}}", "yesterday"])
+@pytest.mark.parametrize(
+    "created", ["", "{{$.pipeline_job_create_time_utc}}", "yesterday", "2026-12-03"]
+)
 def test_an_unfilled_creation_time_leaves_the_clock_to_the_plan(created):
     assert job_start(created) is None
 
