@@ -123,6 +123,12 @@ def test_a_budget_puts_a_plan_before_training_and_none_without(tmp_path):
             found.update(comp.get("dag", {}).get("tasks", {}))
         return found
 
+    def comparing(found: dict) -> dict | None:
+        loop = next(
+            t for t in found.values() if "backbones" in json.dumps(t.get("parameterIterator"))
+        )
+        return loop.get("iteratorPolicy")
+
     plain = tasks(load_config("quickstart"))
     assert "plan" not in plain and "train" in plain and "train-member" not in plain
     budgeted = tasks(load_config("quickstart", overrides={"budget.minutes": 30}))
@@ -133,6 +139,12 @@ def test_a_budget_puts_a_plan_before_training_and_none_without(tmp_path):
     loops = [t for t in budgeted.values() if "parameterIterator" in t]
     members = [t for t in loops if "plan" in json.dumps(t["parameterIterator"])]
     assert members and members[0]["iteratorPolicy"]["parallelismLimit"] == 1
+    # Compare times one candidate at a time too, as the plan scales the speed it measured;
+    # unbudgeted, or with members on separate nodes, candidates run side by side.
+    assert comparing(budgeted) == {"parallelismLimit": 1}
+    assert comparing(plain) is None
+    separate = {"budget.minutes": 30, "budget.parallel_members": True}
+    assert comparing(tasks(load_config("quickstart", overrides=separate))) is None
     # A submitted or scheduled run's clock: the backend fills in the job's creation time.
     created = budgeted["plan"]["inputs"]["parameters"]["created"]["runtimeValue"]["constant"]
     assert created == dsl.PIPELINE_JOB_CREATE_TIME_UTC_PLACEHOLDER
