@@ -164,6 +164,32 @@ def corruption_results(
     return out
 
 
+def generation_seconds(probe: np.ndarray, config: Config, sample: int) -> float:
+    """Seconds evaluate will spend writing its corruption sets (both suites) of ``sample``
+    images, timed by writing every set of ``probe`` (a few images; the plan times on val, as
+    nothing that chooses reads test). Scales with the images, not with the ensemble.
+
+    Each corruption runs once untimed first: its first call builds ops (a third of a second
+    on a CPU), which evaluate pays once, not per image.
+    """
+    from hemaflow.imaging import corruptions, independent
+
+    ev = config.evaluate
+    jobs: list[tuple[CorruptFn, str]] = [
+        (corruptions.corrupt, n) for n in corruptions.corruption_names(ev.corruptions)
+    ]
+    jobs += [(independent.corrupt, n) for n in independent.names(ev.independent)]
+    if not jobs or not len(probe) or sample < 1:
+        return 0.0
+    for corrupt, name in jobs:
+        corrupt(probe, name, ev.severities[0], config.seed)
+    start = time.perf_counter()
+    for corrupt, name in jobs:
+        for severity in ev.severities:
+            corrupt(probe, name, severity, config.seed)
+    return (time.perf_counter() - start) * sample / len(probe)
+
+
 def trained_kinds(policy: Any) -> set[str]:
     """The training-policy families this config's augmentation actually applies (p > 0)."""
     from hemaflow.imaging.policy import FAMILIES

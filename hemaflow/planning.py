@@ -137,6 +137,8 @@ class Workload:
     corruption_images: int  # corruption sets x severities x images (x2 with BN adaptation)
     full_epochs: int  # a member's full length: the profile's train.epochs
     warmup_epochs: int = 0  # frozen warm-up epochs a pretrained member trains first
+    # Writing the corruption sets, once whatever the ensemble: timed on this machine.
+    generation_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -212,7 +214,8 @@ def inference_seconds(members: Sequence[Measured], images: int, views: int) -> f
 def fixed_seconds(members: Sequence[Measured], work: Workload, views: int, start: float) -> dict:
     """What ensemble and evaluate cost for ``members`` at ``views`` views."""
     ensemble = start + inference_seconds(members, work.val_images, views)
-    evaluate = start + inference_seconds(members, work.eval_images + work.corruption_images, views)
+    scoring = inference_seconds(members, work.eval_images + work.corruption_images, views)
+    evaluate = start + work.generation_seconds + scoring
     return {"ensemble": ensemble, "evaluate": evaluate}
 
 

@@ -17,10 +17,17 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hemaflow import config as cfg
 from hemaflow import storage
+
+if TYPE_CHECKING:
+    from hemaflow.planning import Workload
+
+
+#: Val images the plan writes every corruption set of, to time evaluate's writing of them.
+GENERATION_PROBE = 32
 
 
 class ArtifactLike(Protocol):
@@ -113,15 +120,11 @@ def plan(
     from hemaflow.components import compare
 
     from hemaflow import planning
-    from hemaflow.imaging import corruptions
     from hemaflow.modeling import fitting
     from hemaflow.reporting.report import Report
 
     conf = load(config)
-    now = time.time() if now is None else now
     b = conf.budget
-    started = planning.job_start(created)
-    deadline = b.deadline or (started if started is not None else now) + b.minutes * 60
     tuned_hparams = {}
     for folder in tuned:
         raw = json.loads(storage.read_text(fitting.hparams_file(folder)))
@@ -131,24 +134,11 @@ def plan(
     if any(r.get("bmk_val_accuracy") is None for r in usable):
         criterion = "val_accuracy"  # one yardstick for all, as select-top-k does
     measured = [planning.Measured.from_result(r, compare.score(r, criterion)) for r in usable]
-    info = fitting.read_data_info(data_dir)
-    test = fitting.split_size(info, "test")
-    ev = conf.evaluate
-    sample = min(test, ev.max_images) if ev.max_images else test
-    sets = len(corruptions.corruption_names(ev.corruptions)) * len(ev.severities)
-    if ev.independent:  # the independent benchmark's sets, scored on the same sample
-        from hemaflow.imaging import independent
-
-        sets += len(independent.names(ev.independent)) * len(ev.severities)
-    pretrained = any(r.get("pretrained") for r in usable)
-    work = planning.Workload(
-        train_images=fitting.split_size(info, "train"),
-        val_images=fitting.split_size(info, "val"),
-        eval_images=test + info.counts.get("bmk", 0),
-        corruption_images=sets * sample * (2 if ev.bn_adaptation else 1),
-        full_epochs=conf.train.epochs,
-        warmup_epochs=conf.train.warmup_epochs if pretrained else 0,
-    )
+    work = workload(conf, data_dir, pretrained=any(r.get("pretrained") for r in usable))
+    # The clock is read after the workload, whose corruption timing takes a few seconds.
+    now = time.time() if now is None else now
+    started = planning.job_start(created)
+    deadline = b.deadline or (started if started is not None else now) + b.minutes * 60
     budget = planning.Budget(
         seconds_left=deadline - now,
         spent_seconds=max(b.minutes * 60 - (deadline - now), 0.0),
@@ -193,6 +183,34 @@ def plan(
         report.json_block(made.inputs)
         report.write(staging)
     return members
+
+
+def workload(conf: cfg.Config, data_dir: str, pretrained: bool) -> Workload:
+    """The rest of the run in images (:class:`hemaflow.planning.Workload`) from the data's
+    manifest and the config, with evaluate's corruption writing timed on a few val images."""
+    from hemaflow.components import evaluate
+
+    from hemaflow import planning
+    from hemaflow.data import labelled
+    from hemaflow.imaging import corruptions, independent
+    from hemaflow.modeling import fitting
+
+    info = fitting.read_data_info(data_dir)
+    test = fitting.split_size(info, "test")
+    ev = conf.evaluate
+    sample = min(test, ev.max_images) if ev.max_images else test
+    # Both suites' sets, each scored on the same sample.
+    names = corruptions.corruption_names(ev.corruptions) + independent.names(ev.independent)
+    probe = labelled.read_split(data_dir, "val", max_images=GENERATION_PROBE, seed=conf.seed)
+    return planning.Workload(
+        train_images=fitting.split_size(info, "train"),
+        val_images=fitting.split_size(info, "val"),
+        eval_images=test + info.counts.get("bmk", 0),
+        corruption_images=len(names) * len(ev.severities) * sample * (2 if ev.bn_adaptation else 1),
+        full_epochs=conf.train.epochs,
+        warmup_epochs=conf.train.warmup_epochs if pretrained else 0,
+        generation_seconds=evaluate.generation_seconds(probe.images, conf, sample),
+    )
 
 
 def planned_config(config: str, plan_dir: str) -> str:

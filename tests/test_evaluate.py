@@ -242,3 +242,37 @@ def test_model_card_names_an_ensembles_members_temperature_and_views():
     assert "Ensemble of 1 members: resnet_mini (weight 1.000); temperature 1.250" in card
     assert "averaged over 4 symmetric views" in card
     assert "symmetric views" not in model_card({**manifest, "views": 1}, {}, {})
+
+
+def test_corruption_writing_is_timed_on_a_probe_and_scaled_to_the_sample(monkeypatch):
+    from hemaflow.components import evaluate
+
+    from hemaflow.imaging import corruptions, independent
+
+    calls, clock = [], iter(float(t) for t in range(1000))
+
+    def fake(suite):
+        def corrupt(images, name, severity, seed):
+            calls.append((suite, name, severity, len(images)))
+            return images
+
+        return corrupt
+
+    monkeypatch.setattr(corruptions, "corrupt", fake("own"))
+    monkeypatch.setattr(independent, "corrupt", fake("independent"))
+    monkeypatch.setattr(evaluate.time, "perf_counter", lambda: next(clock))
+    config = load_config(
+        "quickstart",
+        overrides={
+            "evaluate.corruptions": ["gaussian_noise", "defocus_blur"],
+            "evaluate.independent": ["gauss_noise"],
+            "evaluate.severities": [1, 5],
+        },
+    )
+    probe = np.zeros((4, 8, 8, 3), np.uint8)
+    # One clock tick across the timed writing of 3 sets x 2 severities, scaled 4 -> 100.
+    assert evaluate.generation_seconds(probe, config, 100) == pytest.approx(1.0 * 100 / 4)
+    jobs = [("own", "gaussian_noise"), ("own", "defocus_blur"), ("independent", "gauss_noise")]
+    assert calls[:3] == [(suite, name, 1, 4) for suite, name in jobs]  # untimed: builds ops
+    assert sorted(calls[3:]) == sorted((suite, name, s, 4) for suite, name in jobs for s in (1, 5))
+    assert evaluate.generation_seconds(probe[:0], config, 100) == 0.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from hemaflow.config import ConfigError, load_config
@@ -120,6 +122,21 @@ def test_predictions_add_up():
     offsets = [mm.deadline_offset for mm in plan.members]
     assert offsets == sorted(offsets)
     assert offsets[-1] == pytest.approx(600 * 0.85 - p["ensemble"] - p["evaluate"])
+
+
+def test_writing_the_corruptions_is_planned_once_whatever_the_ensemble():
+    budget = Budget(seconds_left=300.0)
+    slow = replace(WORK, generation_seconds=120.0)
+    for team in ([FAST], [FAST, SLOW]):
+        before, after = fixed_seconds(team, WORK, 2, 10.0), fixed_seconds(team, slow, 2, 10.0)
+        assert after["evaluate"] == pytest.approx(before["evaluate"] + 120.0)
+        assert after["ensemble"] == before["ensemble"]
+    # It comes out of the training window: fewer epochs or members, never a later finish.
+    cheap, costly = make_plan([FAST, SLOW], WORK, budget), make_plan([FAST, SLOW], slow, budget)
+    assert costly.predicted["evaluate"] > cheap.predicted["evaluate"] + 100
+    trained = [sum(m.epochs for m in p.members) for p in (cheap, costly)]
+    assert trained[1] < trained[0]
+    assert costly.predicted["total"] <= budget.seconds_left * (1 - budget.margin) + 1e-6
 
 
 def test_side_by_side_members_cost_the_longest_not_the_sum():
