@@ -164,6 +164,17 @@ def corruption_results(
     return out
 
 
+def corruption_jobs(config: Config) -> list[tuple[CorruptFn, str]]:
+    """Every corruption evaluate writes a set of at each severity: both suites, in order."""
+    from hemaflow.imaging import corruptions, independent
+
+    ev = config.evaluate
+    jobs: list[tuple[CorruptFn, str]] = [
+        (corruptions.corrupt, n) for n in corruptions.corruption_names(ev.corruptions)
+    ]
+    return jobs + [(independent.corrupt, n) for n in independent.names(ev.independent)]
+
+
 def generation_seconds(probe: np.ndarray, config: Config, sample: int) -> float:
     """Seconds evaluate will spend writing its corruption sets (both suites) of ``sample``
     images, timed by writing every set of ``probe`` (a few images; the plan times on val, as
@@ -172,20 +183,14 @@ def generation_seconds(probe: np.ndarray, config: Config, sample: int) -> float:
     Each corruption runs once untimed first: its first call builds ops (a third of a second
     on a CPU), which evaluate pays once, not per image.
     """
-    from hemaflow.imaging import corruptions, independent
-
-    ev = config.evaluate
-    jobs: list[tuple[CorruptFn, str]] = [
-        (corruptions.corrupt, n) for n in corruptions.corruption_names(ev.corruptions)
-    ]
-    jobs += [(independent.corrupt, n) for n in independent.names(ev.independent)]
+    jobs, severities = corruption_jobs(config), config.evaluate.severities
     if not jobs or not len(probe) or sample < 1:
         return 0.0
     for corrupt, name in jobs:
-        corrupt(probe, name, ev.severities[0], config.seed)
+        corrupt(probe, name, severities[0], config.seed)
     start = time.perf_counter()
     for corrupt, name in jobs:
-        for severity in ev.severities:
+        for severity in severities:
             corrupt(probe, name, severity, config.seed)
     return (time.perf_counter() - start) * sample / len(probe)
 

@@ -66,7 +66,7 @@ def build_pipeline(config: Config, target: Target = "kubeflow", local: bool = Fa
     # Where members share the machine's cores, one at a time: the plan's deadlines assume it.
     # Compare too, since the plan scales the speed compare measured to the members' epochs:
     # two candidates timed side by side on 2 cores each read half this machine's speed.
-    one_at_a_time = 1 if budgeted and not config_budget.parallel_members else parallelism
+    timed_parallelism = 1 if budgeted and not config_budget.parallel_members else parallelism
 
     @dsl.pipeline(name="select-and-train")
     def select_and_train(
@@ -75,7 +75,7 @@ def build_pipeline(config: Config, target: Target = "kubeflow", local: bool = Fa
         config: str,
     ) -> Model:
         """Compare every candidate, keep the top k, tune and train them, ensemble them."""
-        with dsl.ParallelFor(backbones, parallelism=one_at_a_time) as candidate:
+        with dsl.ParallelFor(backbones, parallelism=timed_parallelism) as candidate:
             cmp = task("compare", data=data, backbone=candidate, config=config)
         top = task("select-top-k", results=dsl.Collected(cmp.outputs["Output"]), config=config)
         if budgeted:
@@ -91,7 +91,7 @@ def build_pipeline(config: Config, target: Target = "kubeflow", local: bool = Fa
                 # A submitted or scheduled run's budget counts from the job's creation.
                 created="" if local else dsl.PIPELINE_JOB_CREATE_TIME_UTC_PLACEHOLDER,
             )
-            with dsl.ParallelFor(plan.outputs["Output"], parallelism=one_at_a_time) as member:
+            with dsl.ParallelFor(plan.outputs["Output"], parallelism=timed_parallelism) as member:
                 trn = task(
                     "train-member",
                     data=data,

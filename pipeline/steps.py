@@ -192,21 +192,19 @@ def workload(conf: cfg.Config, data_dir: str, pretrained: bool) -> Workload:
 
     from hemaflow import planning
     from hemaflow.data import labelled
-    from hemaflow.imaging import corruptions, independent
     from hemaflow.modeling import fitting
 
     info = fitting.read_data_info(data_dir)
     test = fitting.split_size(info, "test")
     ev = conf.evaluate
     sample = min(test, ev.max_images) if ev.max_images else test
-    # Both suites' sets, each scored on the same sample.
-    names = corruptions.corruption_names(ev.corruptions) + independent.names(ev.independent)
+    sets = len(evaluate.corruption_jobs(conf)) * len(ev.severities)  # each on the same sample
     probe = labelled.read_split(data_dir, "val", max_images=GENERATION_PROBE, seed=conf.seed)
     return planning.Workload(
         train_images=fitting.split_size(info, "train"),
         val_images=fitting.split_size(info, "val"),
         eval_images=test + info.counts.get("bmk", 0),
-        corruption_images=len(names) * len(ev.severities) * sample * (2 if ev.bn_adaptation else 1),
+        corruption_images=sets * sample * (2 if ev.bn_adaptation else 1),
         full_epochs=conf.train.epochs,
         warmup_epochs=conf.train.warmup_epochs if pretrained else 0,
         generation_seconds=evaluate.generation_seconds(probe.images, conf, sample),
