@@ -457,6 +457,9 @@ class BudgetConfig:
     # shared cores (a local run): the plan then budgets the longest member, not their sum.
     parallel_members: bool = False
     max_members: int = 3
+    # Once max_members fit at train.epochs, the plan lengthens every member up to this many
+    # epochs with the time left (0: never beyond train.epochs).
+    max_epochs: int = 0
     # Share of what is left that the plan keeps in reserve against its own misprediction.
     margin: float = 0.15
     # Set by the plan for one member's train task: stop training at this wall-clock time.
@@ -470,6 +473,8 @@ class BudgetConfig:
             errors.append("deadline: must be 0 (none) or epoch seconds")
         if self.max_members < 1:
             errors.append("max_members: must be at least 1")
+        if self.max_epochs < 0:
+            errors.append("max_epochs: must be 0 (train.epochs) or a number of epochs")
         if not 0.0 <= self.margin < 1.0:
             errors.append("margin: must be in [0, 1)")
         return errors

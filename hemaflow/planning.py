@@ -10,10 +10,13 @@ Members train one after another where cores are shared (a local run: the trainin
 sum of theirs) or side by side on separate nodes (a cluster: the longest one). The plan first
 gives one member the profile's full length (``train.epochs``), then adds members at that
 length while they fit (up to ``budget.max_members``); a budget below one full-length member
-trains one member for as many epochs as fit. More budget therefore never means fewer members,
-nor fewer epochs at the same member count. Test-time views (each one more inference pass in
-ensemble and evaluate) are the configured ones if they fit beside those members, else fewer. A budget too short for one epoch of one member is
-refused (:class:`PlanError`) with the minimum this machine needs.
+trains one member for as many epochs as fit. Once ``max_members`` are at full length, what is
+left lengthens every member, up to ``budget.max_epochs``: a fast machine spends its budget
+instead of leaving it unused. More budget therefore never means fewer members, nor fewer
+epochs at the same member count. Test-time views (each one more inference pass in ensemble
+and evaluate) are the configured ones if they fit beside those members, else fewer. A budget
+too short for one epoch of one member is refused (:class:`PlanError`) with the minimum this
+machine needs.
 """
 
 from __future__ import annotations
@@ -150,6 +153,8 @@ class Budget:
     parallel: bool = False  # members side by side on separate nodes
     margin: float = 0.15  # share of seconds_left kept in reserve
     max_members: int = 3
+    # The longest a member may train once max_members are at full length; 0: full length.
+    max_epochs: int = 0
     views: int = 1  # the test-time views the config asks for
     seed: int = 1337
     # Backbones within this score of the best are as good: members alternate over them;
@@ -275,6 +280,10 @@ def make_plan(measured: Sequence[Measured], work: Workload, budget: Budget) -> P
             chosen, epochs = candidate, work.full_epochs
         else:
             break
+    if len(chosen) == budget.max_members and epochs == work.full_epochs:
+        # No more members may join: the time left lengthens those there are.
+        longest = max(work.full_epochs, budget.max_epochs)
+        epochs = min(longest, _max_epochs(chosen, work, budget, 1))
     views = next(
         v
         for v in VIEW_CHOICES

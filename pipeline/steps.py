@@ -145,6 +145,7 @@ def plan(
         parallel=b.parallel_members,
         margin=b.margin,
         max_members=b.max_members,
+        max_epochs=b.max_epochs,
         views=conf.ensemble.views,
         seed=conf.seed,
     )

@@ -52,6 +52,8 @@ def test_budget_minutes_are_validated():
     assert load_config(overrides={"budget.minutes": 0}).budget.minutes == 0
     with pytest.raises(ConfigError, match="budget.minutes"):
         load_config(overrides={"budget.minutes": -1})
+    with pytest.raises(ConfigError, match="budget.max_epochs"):
+        load_config(overrides={"budget.max_epochs": -1})
 
 
 def test_a_budget_clock_starts_when_the_run_starts():
@@ -86,6 +88,30 @@ def test_more_budget_never_means_fewer_members_or_epochs():
         assert plan.predicted["total"] <= minutes * 60 * 0.85 + 1e-6
         previous = (count, epochs)
     assert previous == (3, WORK.full_epochs)  # max_members at full length in the end
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_time_left_after_max_members_lengthens_every_member(parallel):
+    previous, lengthened = 0, []
+    for minutes in [3, 4, 5, 7, 10, 30, 120]:
+        plan = plan_for(minutes, max_epochs=3 * WORK.full_epochs, parallel=parallel)
+        short = plan_for(minutes, parallel=parallel)  # max_epochs 0: full length at most
+        epochs = {m.epochs for m in plan.members}
+        assert len(epochs) == 1 and len(plan.members) == len(short.members)
+        if len(plan.members) < 3:  # another member still fits before anyone trains longer
+            assert plan.members == short.members
+            continue
+        (count,) = epochs
+        assert previous <= count <= 3 * WORK.full_epochs
+        assert plan.predicted["total"] <= minutes * 60 * 0.85 + 1e-6
+        # It spends the time: one epoch more would not have fitted, unless at max_epochs.
+        more = [epoch_seconds(FAST if m.backbone == "fast" else SLOW, WORK) for m in plan.members]
+        longer = max(more) if parallel else sum(more)
+        spare = plan.predicted["reserve"] - minutes * 60 * 0.15
+        assert count == 3 * WORK.full_epochs or spare < longer
+        lengthened.append(count)
+        previous = count
+    assert lengthened[0] >= WORK.full_epochs and lengthened[-1] == 3 * WORK.full_epochs
 
 
 def test_short_budget_trains_one_member_below_full_length():
