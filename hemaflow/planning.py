@@ -274,16 +274,12 @@ def make_plan(measured: Sequence[Measured], work: Workload, budget: Budget) -> P
     for count in range(1, budget.max_members + 1):
         candidate = team(ranked, count, budget.diversity)
         fit = _max_epochs(candidate, work, budget, 1)
-        if count == 1:
-            chosen, epochs = candidate, min(fit, work.full_epochs)
-        elif fit >= work.full_epochs:
-            chosen, epochs = candidate, work.full_epochs
-        else:
+        if count > 1 and fit < work.full_epochs:
             break
-    if len(chosen) == budget.max_members and epochs == work.full_epochs:
-        # No more members may join: the time left lengthens those there are.
-        longest = max(work.full_epochs, budget.max_epochs)
-        epochs = min(longest, _max_epochs(chosen, work, budget, 1))
+        # Only the last member that may join lets the time left lengthen every member.
+        last = count == budget.max_members
+        longest = max(work.full_epochs, budget.max_epochs) if last else work.full_epochs
+        chosen, epochs = candidate, min(fit, longest)
     views = next(
         v
         for v in VIEW_CHOICES
