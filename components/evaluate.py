@@ -90,9 +90,12 @@ def batchnorm_layers(model) -> list:
 def predict_bn_adapted(model, images: np.ndarray, batch_size: int) -> np.ndarray:
     """Predict after re-estimating BatchNorm statistics on ``images`` (then restore them).
 
-    Moving means and variances become the running average of the per-batch statistics of
-    ``images`` (momentum (k-1)/k on batch k), which is test-time BN adaptation; frozen
-    BatchNorm layers are adapted too. Without BatchNorm layers this is the plain prediction.
+    Moving means and variances become the plain average of the statistics of every call of
+    each layer on ``images`` (momentum (n-1)/n on its n-th call), which is test-time BN
+    adaptation. Counting calls, not batches, keeps the average even where a layer runs more
+    than once per batch: an ensemble with test-time views calls each member once per view,
+    and a per-batch momentum would then weigh the last batches most. Frozen BatchNorm layers
+    are adapted too. Without BatchNorm layers this is the plain prediction.
     """
     from hemaflow.modeling.inference import predict_arrays
 
@@ -106,17 +109,30 @@ def predict_bn_adapted(model, images: np.ndarray, batch_size: int) -> np.ndarray
     try:
         for layer in layers:
             layer.trainable = True  # a frozen BatchNorm ignores training=True
-        for k, start in enumerate(range(0, len(images), batch_size), 1):
-            for layer in layers:
-                layer.momentum = (k - 1) / k
+            layer.call = _averaging_call(layer, layer.call)
+        for start in range(0, len(images), batch_size):
             model(images[start : start + batch_size], training=True)
         return predict_arrays(model, images, batch_size)  # reads the adapted variables
     finally:
         for layer, momentum, trainable, weights in saved:
+            layer.__dict__.pop("call", None)  # back to the class's call
             layer.momentum = momentum
             layer.trainable = trainable
             for variable, value in zip(layer.non_trainable_weights, weights, strict=True):
                 variable.assign(value)
+
+
+def _averaging_call(layer, call):
+    """``layer``'s call, setting its momentum to (n-1)/n before its n-th call."""
+    calls = 0
+
+    def averaging(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        layer.momentum = (calls - 1) / calls
+        return call(*args, **kwargs)
+
+    return averaging
 
 
 # --------------------------------------------------------------------------- scoring

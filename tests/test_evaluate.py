@@ -202,6 +202,31 @@ def test_bn_adaptation_restores_statistics(setup):
     layer.trainable = True
 
 
+def test_bn_adaptation_averages_every_view_of_an_ensemble_alike():
+    """Each member runs once per view: its statistics must still average all the images."""
+    import keras
+    from hemaflow.components.ensemble import build_ensemble_model
+    from hemaflow.components.evaluate import predict_bn_adapted
+
+    from hemaflow.modeling.layers import dihedral_view
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.BatchNormalization(momentum=0.99)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    member = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    rng = np.random.default_rng(0)
+    # Two batches far apart: an average weighted to the last one predicts differently.
+    images = np.concatenate(
+        [rng.integers(0, 60, (8, 8, 8, 3)), rng.integers(150, 255, (8, 8, 8, 3))]
+    ).astype("uint8")
+    # Flips move pixels, not their per-channel statistics: every view adapts to the same.
+    expected = np.mean(
+        [predict_bn_adapted(member, dihedral_view(images, v), 8) for v in range(4)], axis=0
+    )
+    ensemble = build_ensemble_model([member], 8, [1.0], 1.0, views=4)
+    np.testing.assert_allclose(predict_bn_adapted(ensemble, images, 8), expected, atol=1e-5)
+
+
 def test_evaluate_errors_write_nothing(setup, tmp_path):
     from hemaflow.components import evaluate
 
