@@ -11,6 +11,9 @@ gives its difference from it, measured in the same run.
     python benchmarks/robustness.py --data runs/aug --out /tmp/robustness \\
         --variant baseline= --variant grey_world=model.colour_constancy=grey_world
 
+``--views 1 2 4`` scores each model also through the ensemble stage's test-time views
+(rows NAME@1, NAME@2, NAME@4): what a view buys against the epochs its inference costs.
+
 A variant is NAME=KEY=VALUE[;KEY=VALUE...] (empty after the first "=" for the profile as
 it is). Variants that change the augmentation policy need their own augment folder: give
 it as the override ``data_dir=DIR``.
@@ -96,9 +99,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="for every variant"
     )
+    parser.add_argument(
+        "--views",
+        type=int,
+        nargs="+",
+        default=[1],
+        choices=(1, 2, 4, 8),
+        help="also score each model averaged over this many test-time views (as the ensemble "
+        "stage exports them); rows NAME@V",
+    )
     args = parser.parse_args(argv)
 
     from hemaflow.components import train
+    from hemaflow.components.ensemble import build_ensemble_model
 
     from hemaflow.config import load_config, parse_override
     from hemaflow.data import labelled
@@ -117,11 +130,15 @@ def main(argv: list[str] | None = None) -> int:
             train.run(data_dir, args.backbone, "", str(model_dir), config)
         train_seconds = time.perf_counter() - start
         split = labelled.read_split(data_dir, "val", max_images=args.sample, seed=config.seed)
-        model = loading.load_model(str(model_dir))
-        row = {"variant": name, "overrides": overrides, "train_seconds": train_seconds}
-        row.update(score(model, split, config, config.seed))
-        rows.append(row)
-        print(f"{name}: {json.dumps(row, default=str)}", flush=True)
+        for views in args.views:
+            model = loading.load_model(str(model_dir))
+            if views > 1:  # the ensemble stage's graph, around this one member
+                model = build_ensemble_model([model], split.image_size, [1.0], 1.0, views)
+            label = name if args.views == [1] else f"{name}@{views}"
+            row = {"variant": label, "overrides": overrides, "train_seconds": train_seconds}
+            row.update(score(model, split, config, config.seed))
+            rows.append(row)
+            print(f"{label}: {json.dumps(row, default=str)}", flush=True)
 
     base = rows[0]
     keys = ("clean", "own", "own_bn", "independent", "independent_bn", "independent_s5")
