@@ -77,7 +77,7 @@ def test_decode_converts_to_rgb_and_centre_crops(tmp_path):
 
 def test_sixteen_bit_tiff_is_scaled_to_eight_bits(tmp_path):
     ramp = (np.arange(64, dtype=np.uint16) * 1024).reshape(8, 8)
-    Image.fromarray(ramp, "I;16").save(tmp_path / "deep.tif")
+    Image.fromarray(ramp).save(tmp_path / "deep.tif")  # uint16 2-D: mode I;16
     image, _ = sources.decode_image(tmp_path / "deep.tif", 8)
     assert image.dtype == np.uint8 and image.shape == (8, 8, 3)
     assert image[0, 0, 0] == 0 and 245 <= image[7, 7, 0] <= 255
