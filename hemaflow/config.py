@@ -457,9 +457,12 @@ class BudgetConfig:
     # shared cores (a local run): the plan then budgets the longest member, not their sum.
     parallel_members: bool = False
     max_members: int = 3
-    # Once max_members fit at train.epochs, the plan lengthens every member up to this many
-    # epochs with the time left (0: never beyond train.epochs).
+    # Once lengthen_at members fit at train.epochs, the plan lengthens every member up to this
+    # many epochs with the time left (0: never beyond train.epochs).
     max_epochs: int = 0
+    # Members at train.epochs before the time left lengthens them; more members join only at
+    # max_epochs (0: max_members, so members come before epochs).
+    lengthen_at: int = 0
     # Share of what is left that the plan keeps in reserve against its own misprediction.
     margin: float = 0.15
     # Set by the plan for one member's train task: stop training at this wall-clock time.
@@ -475,6 +478,8 @@ class BudgetConfig:
             errors.append("max_members: must be at least 1")
         if self.max_epochs < 0:
             errors.append("max_epochs: must be 0 (train.epochs) or a number of epochs")
+        if not 0 <= self.lengthen_at <= self.max_members:
+            errors.append("lengthen_at: must be 0 (max_members) or 1 to max_members")
         if not 0.0 <= self.margin < 1.0:
             errors.append("margin: must be in [0, 1)")
         return errors

@@ -10,10 +10,12 @@ Members train one after another where cores are shared (a local run: the trainin
 sum of theirs) or side by side on separate nodes (a cluster: the longest one). The plan first
 gives one member the profile's full length (``train.epochs``), then adds members at that
 length while they fit (up to ``budget.max_members``); a budget below one full-length member
-trains one member for as many epochs as fit. Once ``max_members`` are at full length, what is
-left lengthens every member, up to ``budget.max_epochs``: a fast machine spends its budget
-instead of leaving it unused. More budget therefore never means fewer members, nor fewer
-epochs at the same member count. Test-time views (each one more inference pass in ensemble
+trains one member for as many epochs as fit. Once ``budget.lengthen_at`` members (by default
+``max_members``) are at full length, what is left lengthens every member, up to
+``budget.max_epochs``, and only then adds members at that length up to ``max_members``: a fast
+machine spends its budget instead of leaving it unused, on longer members first where a
+profile has measured that they beat more short ones. More budget therefore never means fewer
+members, nor fewer epochs at the same member count. Test-time views (each one more inference pass in ensemble
 and evaluate) are the configured ones if they fit beside those members, else fewer. A budget
 too short for one epoch of one member is refused (:class:`PlanError`) with the minimum this
 machine needs.
@@ -153,8 +155,11 @@ class Budget:
     parallel: bool = False  # members side by side on separate nodes
     margin: float = 0.15  # share of seconds_left kept in reserve
     max_members: int = 3
-    # The longest a member may train once max_members are at full length; 0: full length.
+    # The longest a member may train once lengthen_at members are at full length; 0: full length.
     max_epochs: int = 0
+    # Members at full length before the time left lengthens them; 0: max_members. Members
+    # beyond it join only at the lengthened length.
+    lengthen_at: int = 0
     views: int = 1  # the test-time views the config asks for
     seed: int = 1337
     # Backbones within this score of the best are as good: members alternate over them;
@@ -271,15 +276,16 @@ def make_plan(measured: Sequence[Measured], work: Workload, budget: Budget) -> P
             f"{budget.seconds_left / 60:.1f} min left, {budget.margin:.0%} kept in reserve)"
         )
     chosen, epochs = team(ranked, 1, budget.diversity), 0
+    lengthen_at = min(budget.lengthen_at or budget.max_members, budget.max_members)
+    longest = max(work.full_epochs, budget.max_epochs)
     for count in range(1, budget.max_members + 1):
         candidate = team(ranked, count, budget.diversity)
         fit = _max_epochs(candidate, work, budget, 1)
-        if count > 1 and fit < work.full_epochs:
+        # Up to lengthen_at, a member joins at full length; beyond it, only at the longest.
+        if count > 1 and fit < (work.full_epochs if count <= lengthen_at else longest):
             break
-        # Only the last member that may join lets the time left lengthen every member.
-        last = count == budget.max_members
-        longest = max(work.full_epochs, budget.max_epochs) if last else work.full_epochs
-        chosen, epochs = candidate, min(fit, longest)
+        # From lengthen_at members on, the time left lengthens every member.
+        chosen, epochs = candidate, min(fit, longest if count >= lengthen_at else work.full_epochs)
     views = next(
         v
         for v in VIEW_CHOICES

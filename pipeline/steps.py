@@ -146,6 +146,7 @@ def plan(
         margin=b.margin,
         max_members=b.max_members,
         max_epochs=b.max_epochs,
+        lengthen_at=b.lengthen_at,
         views=conf.ensemble.views,
         seed=conf.seed,
     )

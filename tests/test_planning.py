@@ -54,6 +54,8 @@ def test_budget_minutes_are_validated():
         load_config(overrides={"budget.minutes": -1})
     with pytest.raises(ConfigError, match="budget.max_epochs"):
         load_config(overrides={"budget.max_epochs": -1})
+    with pytest.raises(ConfigError, match="budget.lengthen_at"):
+        load_config(overrides={"budget.max_members": 2, "budget.lengthen_at": 3})
 
 
 def test_a_budget_clock_starts_when_the_run_starts():
@@ -112,6 +114,45 @@ def test_time_left_after_max_members_lengthens_every_member(parallel):
         lengthened.append(count)
         previous = count
     assert lengthened[0] >= WORK.full_epochs and lengthened[-1] == 3 * WORK.full_epochs
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_lengthen_at_spends_time_on_epochs_before_more_members(parallel):
+    longest, previous, seen = 3 * WORK.full_epochs, (0, 0), set()
+    budgets = [m / 2 for m in range(2, 61)] + [120]
+    for minutes in budgets:
+        plan = plan_for(minutes, max_epochs=longest, lengthen_at=2, parallel=parallel)
+        members_first = plan_for(minutes, max_epochs=longest, parallel=parallel)
+        count, (epochs,) = len(plan.members), {m.epochs for m in plan.members}
+        assert count >= previous[0] and (count > previous[0] or epochs >= previous[1])
+        assert plan.predicted["total"] <= minutes * 60 * 0.85 + 1e-6
+        if count < 2:  # the second member still comes at full length, as without lengthen_at
+            assert plan.members == members_first.members
+        if count > 2:  # a third member joins only once both train at max_epochs
+            assert epochs == longest
+        if count == 2 and epochs < longest:
+            assert len(members_first.members) >= count  # members first would have had more
+        seen.add((count, epochs == longest))
+        previous = (count, epochs)
+    # Somewhere two members train longer than full length while a third has not joined, and
+    # in the end max_members train at max_epochs.
+    assert any(c == 2 for c, _ in seen) and previous == (3, longest)
+    between = [
+        m
+        for m in budgets
+        if len(plan_for(m, max_epochs=longest, lengthen_at=2, parallel=parallel).members) == 2
+        and len(plan_for(m, max_epochs=longest, parallel=parallel).members) == 3
+    ]
+    assert between, "no budget where lengthening two members beat adding a third"
+    for m in between:
+        two = plan_for(m, max_epochs=longest, lengthen_at=2, parallel=parallel).members
+        assert two[0].epochs > WORK.full_epochs
+
+
+def test_lengthen_at_max_members_is_the_default_order():
+    for minutes in [2, 5, 10, 30]:
+        a = plan_for(minutes, max_epochs=12, lengthen_at=3)
+        assert a.members == plan_for(minutes, max_epochs=12).members
 
 
 def test_short_budget_trains_one_member_below_full_length():
