@@ -15,10 +15,10 @@ trains one member for as many epochs as fit. Once ``budget.lengthen_at`` members
 ``budget.max_epochs``, and only then adds members at that length up to ``max_members``: a fast
 machine spends its budget instead of leaving it unused, on longer members first where a
 profile has measured that they beat more short ones. More budget therefore never means fewer
-members, nor fewer epochs at the same member count. Test-time views (each one more inference pass in ensemble
-and evaluate) are the configured ones if they fit beside those members, else fewer. A budget
-too short for one epoch of one member is refused (:class:`PlanError`) with the minimum this
-machine needs.
+members, nor fewer epochs at the same member count. Test-time views (each one more inference
+pass in ensemble and evaluate) are the configured ones if they fit beside those members, else
+fewer. A budget too short for one epoch of one member is refused (:class:`PlanError`) with the
+minimum this machine needs.
 """
 
 from __future__ import annotations

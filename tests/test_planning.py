@@ -118,9 +118,8 @@ def test_time_left_after_max_members_lengthens_every_member(parallel):
 
 @pytest.mark.parametrize("parallel", [False, True])
 def test_lengthen_at_spends_time_on_epochs_before_more_members(parallel):
-    longest, previous, seen = 3 * WORK.full_epochs, (0, 0), set()
-    budgets = [m / 2 for m in range(2, 61)] + [120]
-    for minutes in budgets:
+    longest, previous, between = 3 * WORK.full_epochs, (0, 0), []
+    for minutes in [m / 2 for m in range(2, 61)] + [120]:
         plan = plan_for(minutes, max_epochs=longest, lengthen_at=2, parallel=parallel)
         members_first = plan_for(minutes, max_epochs=longest, parallel=parallel)
         count, (epochs,) = len(plan.members), {m.epochs for m in plan.members}
@@ -132,21 +131,14 @@ def test_lengthen_at_spends_time_on_epochs_before_more_members(parallel):
             assert epochs == longest
         if count == 2 and epochs < longest:
             assert len(members_first.members) >= count  # members first would have had more
-        seen.add((count, epochs == longest))
+        if count == 2 and len(members_first.members) == 3:
+            between.append(epochs)
         previous = (count, epochs)
-    # Somewhere two members train longer than full length while a third has not joined, and
-    # in the end max_members train at max_epochs.
-    assert any(c == 2 for c, _ in seen) and previous == (3, longest)
-    between = [
-        m
-        for m in budgets
-        if len(plan_for(m, max_epochs=longest, lengthen_at=2, parallel=parallel).members) == 2
-        and len(plan_for(m, max_epochs=longest, parallel=parallel).members) == 3
-    ]
+    # In the end max_members train at max_epochs; somewhere before, two lengthened members
+    # stood where the members-first order already had a third.
+    assert previous == (3, longest)
     assert between, "no budget where lengthening two members beat adding a third"
-    for m in between:
-        two = plan_for(m, max_epochs=longest, lengthen_at=2, parallel=parallel).members
-        assert two[0].epochs > WORK.full_epochs
+    assert all(epochs > WORK.full_epochs for epochs in between)
 
 
 def test_lengthen_at_max_members_is_the_default_order():
